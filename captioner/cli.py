@@ -1,0 +1,267 @@
+"""The command line. Parses, calls the module that owns the step, prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from . import config, pricing, report
+from .batch import DEFAULT_PROMPT, RunSettings, caption_paths
+from .config import ConfigError
+from .plugins import UnknownModel, get_model, listed_models
+from .store import Store, StoreError
+
+EXIT_SOME_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class ConfigFailure(click.ClickException):
+    """Usage or configuration error: one line, exit status 2."""
+
+    exit_code = 2
+
+
+def open_store(db: str, readonly: bool = False) -> Store:
+    try:
+        return Store(db, readonly=readonly)
+    except StoreError as exc:
+        raise ConfigFailure(str(exc)) from exc
+
+
+def resolve_model(name: str):
+    try:
+        return get_model(name)
+    except UnknownModel as exc:
+        raise ConfigFailure(str(exc)) from exc
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        click.echo("(nothing yet)")
+        return
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def db_option(fn: Callable) -> Callable:
+    return click.option(
+        "--db", "db", default=None, metavar="FILE",
+        help="SQLite database [default: ./captions.db or $CAPTIONER_DB]",
+    )(fn)
+
+
+@click.group()
+@click.version_option(package_name="captioner")
+def cli() -> None:
+    """Caption photo libraries with vision language models."""
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-m", "--model", "model_name", help="Model id (see `captioner models`)")
+@click.option("-p", "--prompt", default=DEFAULT_PROMPT, show_default="a short factual description")
+@click.option("-s", "--system", help="System prompt")
+@click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
+              help="Model option, e.g. -o detail low, -o max_tokens 200")
+@db_option
+@click.option("--key", help="API key (overrides the keys file and env vars)")
+@click.option("--concurrency", type=click.IntRange(1, 512), default=8, show_default=True)
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), metavar="USD",
+              help="Stop before spending more than this")
+@click.option("--limit", type=click.IntRange(min=0), help="Caption at most N new images")
+@click.option("--max-side", type=click.IntRange(64, 8192), metavar="PX",
+              help="Long side of the image sent [default: the model's, usually 1024]")
+@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (repeatable)")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching (repeatable)")
+@click.option("--force", is_flag=True, help="Caption again even if already captioned")
+@click.option("--retry-failed", is_flag=True, help="Try images that failed before again")
+@click.option("--retries", type=click.IntRange(0, 20), default=4, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+              help="Seconds to wait for one response")
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="At most this many requests per minute")
+@click.option("--backoff", type=click.FloatRange(min=0), default=1.0, hidden=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON")
+def caption(paths, model_name, prompt, system, options, db, key, concurrency, max_cost, limit,
+            max_side, include, exclude, force, retry_failed, retries, timeout, rpm, backoff, as_json):
+    """Caption every photo under PATHS and store the results."""
+    for path in paths:
+        if not os.path.exists(path):
+            raise ConfigFailure(f"no such file or folder: {path}")
+    try:
+        model = resolve_model(model_name or config.get_default_model())
+        api_key = config.resolve_key(model, key)
+        user_prices = pricing.load_user_prices()
+    except ConfigError as exc:
+        raise ConfigFailure(str(exc)) from exc
+    if model.needs_key and not api_key:
+        raise ConfigFailure(config.missing_key_message(model))
+    if max_cost is not None and not pricing.price_request(model, 1000, 100, user_prices=user_prices).known:
+        raise ConfigFailure(
+            f"--max-cost needs a price for {model.model_id}; add one to {config.prices_path()}"
+        )
+    settings = RunSettings(
+        prompt=prompt, system=system, options=dict(options), key=api_key, max_side=max_side,
+        concurrency=concurrency, limit=limit, force=force, retry_failed=retry_failed,
+        max_cost=max_cost, retries=retries, timeout=timeout, backoff_base=backoff, rpm=rpm,
+        include=include, exclude=exclude,
+    )
+    store = open_store(db or config.default_db())
+    try:
+        summary = caption_paths(paths, model, store, settings, progress_factory=_progress_bar)
+    finally:
+        store.close()
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        for line in report.summary_lines(summary):
+            click.echo(line)
+    if summary.status == "interrupted":
+        sys.exit(EXIT_INTERRUPTED)
+    if summary.status == "failed":
+        raise ConfigFailure(summary.message or "run failed")
+    if summary.failed or summary.refused or summary.status == "budget":
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def _progress_bar(total: int) -> Callable[[dict[str, Any]], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, disable=None, leave=True)
+    state = {"cost": 0.0, "retries": 0, "concurrency": None}
+
+    def update(event: dict[str, Any]) -> None:
+        if "message" in event:
+            bar.write(event["message"], file=sys.stderr)
+            return
+        state["retries"] += event.get("retry", 0)
+        state["cost"] = event.get("cost", state["cost"])
+        state["concurrency"] = event.get("concurrency", state["concurrency"])
+        postfix = {"cost": report.money(state["cost"]), "retries": state["retries"]}
+        if state["concurrency"] is not None:
+            postfix["conc"] = state["concurrency"]
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(event.get("advance", 0))
+        if bar.n >= bar.total:
+            bar.close()
+
+    return update
+
+
+@cli.command()
+@db_option
+@click.option("--by", type=click.Choice(["model", "run", "day"]), default="model", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def cost(db, by, as_json):
+    """What the stored captions cost, by model, run or day."""
+    store = open_store(db or config.default_db(), readonly=True)
+    rows = report.cost_rows(store, by)
+    store.close()
+    if as_json:
+        print_json(rows)
+        return
+    columns = {
+        "model": ["model"],
+        "run": ["run", "model", "status", "started_at"],
+        "day": ["day"],
+    }[by] + ["captions", "ok", "failed", "input_tokens", "output_tokens", "cost_usd", "cost_per_1000_images"]
+    print_table(rows, columns)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def models(ctx, as_json):
+    """List the vision models the installed plugins provide."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = []
+    default = config.get_default_model()
+    for model in listed_models():
+        prices = pricing.unit_prices(model)
+        try:
+            has_key = bool(config.resolve_key(model))
+        except ConfigError as exc:
+            raise ConfigFailure(str(exc)) from exc
+        rows.append(
+            {
+                "model": model.model_id,
+                "provider": model.provider,
+                "input_per_m": prices[0] if prices else None,
+                "output_per_m": prices[1] if prices else None,
+                "key": ("not needed" if not model.needs_key
+                        else "set" if has_key else f"missing ({' or '.join(model.key_env)})"),
+                "default": model.model_id == default,
+                "aliases": list(model.aliases),
+            }
+        )
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        row["default"] = "*" if row["default"] else ""
+    print_table(rows, ["default", "model", "provider", "input_per_m", "output_per_m", "key"])
+
+
+@models.command("default")
+@click.argument("name", required=False)
+def models_default(name):
+    """Show or set the model `caption` uses without -m."""
+    if name is None:
+        click.echo(config.get_default_model())
+        return
+    model = resolve_model(name)
+    config.set_default_model(model.model_id)
+    click.echo(f"default model: {model.model_id}")
+
+
+@cli.group()
+def keys():
+    """Store API keys (in a 0600 file in the user config folder)."""
+
+
+@keys.command("set")
+@click.argument("name")
+@click.option("--value", help="The key (default: prompt, hidden, or read from stdin)")
+def keys_set(name, value):
+    """Store the key NAME (openai, anthropic, gemini)."""
+    if value is None:
+        if sys.stdin.isatty():
+            value = click.prompt(f"{name} key", hide_input=True)
+        else:
+            value = sys.stdin.read()
+    value = value.strip()
+    if not value:
+        raise ConfigFailure("no key given")
+    try:
+        path = config.save_key(name, value)
+    except (ConfigError, OSError) as exc:
+        raise ConfigFailure(str(exc)) from exc
+    click.echo(f"saved key {name!r} in {path}")
+
+
+@keys.command("list")
+def keys_list():
+    """Names of the stored keys (never the keys)."""
+    try:
+        names = sorted(config.load_keys())
+    except ConfigError as exc:
+        raise ConfigFailure(str(exc)) from exc
+    for name in names:
+        click.echo(name)
+
+
+@keys.command("path")
+def keys_path():
+    """Where keys are stored."""
+    click.echo(str(config.keys_path()))

@@ -1,0 +1,204 @@
+"""The plugin API: what a model is, what it is asked, what it answers, how it fails.
+
+A plugin module registers `Model` objects through the `register_models` hook
+(see `captioner.plugins`). The core only ever talks to models through this
+module's types, so it never needs to import a provider by name.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import httpx
+
+# Outcomes a caption row can have (the `captions.status` column).
+OK = "ok"
+REFUSED = "refused"
+BLOCKED = "blocked"
+FAILED = "failed"
+
+# Output cap sent with every request unless `-o max_tokens N` says otherwise;
+# it also bounds the worst-case cost that `--max-cost` reserves.
+DEFAULT_MAX_TOKENS = 400
+
+
+@dataclass(frozen=True)
+class CaptionRequest:
+    """One image and the words that go with it, ready to send."""
+
+    jpeg: bytes
+    width: int
+    height: int
+    prompt: str
+    system: str | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+    key: str | None = None
+
+
+@dataclass
+class CaptionResult:
+    """What came back: the text, the billed tokens and the outcome.
+
+    `output_tokens` is everything billed as output, reasoning included;
+    `reasoning_tokens` says how much of it was reasoning.
+    """
+
+    text: str | None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    usage: dict[str, Any] | None = None
+    status: str = OK
+    error: str | None = None
+
+
+class ProviderError(Exception):
+    """A request that did not produce a caption.
+
+    retryable: worth sending again (rate limit, overload, 5xx, timeout).
+    fatal: would fail every image the same way (bad key, unknown model, no quota),
+           so the run stops instead of burning through the folder.
+    retry_after: seconds the provider asked us to wait, if it said.
+    usage: billed usage if the provider charged for the failed request.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        fatal: bool = False,
+        retry_after: float | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.fatal = fatal
+        self.retry_after = retry_after
+        self.status_code = status_code
+
+
+class Model:
+    """Base class for a vision model. Subclasses set the class attributes and
+    implement `caption`.
+
+    model_id      the name users pass to `-m`
+    aliases       other names for the same model
+    provider      the provider id used for pricing (genai-prices id, or "local")
+    key_name      the name under which `captioner keys set` stores its key
+    key_env       environment variables that may hold the key, in order
+    needs_key     False for local servers
+    max_side      preferred long side of the image in pixels
+    listed        shown by `captioner models` (unlisted models can still be used)
+    """
+
+    model_id: str = ""
+    aliases: tuple[str, ...] = ()
+    provider: str = ""
+    key_name: str | None = None
+    key_env: tuple[str, ...] = ()
+    needs_key: bool = True
+    max_side: int = 1024
+    listed: bool = True
+    default_options: ClassVar[dict[str, str]] = {}
+
+    def image_tokens(self, width: int, height: int, options: Mapping[str, str]) -> int:
+        """Input tokens the provider bills for an image of this (prepared) size."""
+        raise NotImplementedError
+
+    def max_output_tokens(self, options: Mapping[str, str]) -> int:
+        return int(options.get("max_tokens", DEFAULT_MAX_TOKENS))
+
+    async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.model_id}>"
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000.0
+            if math.isfinite(value) and value >= 0:
+                return value
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        value = float(raw)
+        return value if math.isfinite(value) and value >= 0 else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def error_for_status(
+    response: httpx.Response,
+    message: str,
+    *,
+    fatal_hint: bool = False,
+    retry_after: float | None = None,
+) -> ProviderError:
+    """The common mapping of an HTTP status to retryable / final / fatal.
+
+    Plugins read their provider's error body for `message` and for cases the
+    status alone cannot tell (a 429 that is really an exhausted quota is
+    `fatal_hint=True`).
+    """
+    status = response.status_code
+    if retry_after is None:
+        retry_after = parse_retry_after(response.headers)
+    text = f"HTTP {status}: {message}"
+    if fatal_hint:
+        return ProviderError(text, fatal=True, status_code=status)
+    if status in (408, 409, 425, 429) or status >= 500:
+        return ProviderError(text, retryable=True, retry_after=retry_after, status_code=status)
+    # 401/403: the key is wrong for every image; 404: the model or endpoint does not exist.
+    fatal = status in (401, 403, 404)
+    return ProviderError(text, fatal=fatal, status_code=status)
+
+
+def response_json(response: httpx.Response) -> Any:
+    """The body as JSON; a truncated or garbled body is a retryable fault."""
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProviderError(
+            f"malformed response body from server ({exc.__class__.__name__})", retryable=True
+        ) from exc
+
+
+def error_message(body: Any, fallback: str) -> str:
+    """Pull the human message out of the usual `{"error": {"message": ...}}` shapes."""
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            msg = err.get("message") or err.get("error")
+            if isinstance(msg, str) and msg:
+                return msg
+        if isinstance(err, str) and err:
+            return err
+    if isinstance(body, list) and body:
+        return error_message(body[0], fallback)
+    return fallback

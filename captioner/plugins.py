@@ -1,0 +1,45 @@
+"""Plugin discovery: every model comes from a plugin found through the
+`captioner` entry-point group, built-in plugins included."""
+
+from __future__ import annotations
+
+import functools
+
+import pluggy
+
+from . import hookspecs
+from .models import Model
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("captioner")
+    pm.add_hookspecs(hookspecs)
+    pm.load_setuptools_entrypoints("captioner")
+    return pm
+
+
+def listed_models() -> list[Model]:
+    """Every model the installed plugins list, in registration order."""
+    models: list[Model] = []
+    plugin_manager().hook.register_models(register=models.append)
+    return models
+
+
+def get_model(name: str) -> Model:
+    """The model for `name`: a listed id or alias first, then any plugin that
+    claims the name (so unlisted snapshots and local models work)."""
+    for model in listed_models():
+        if name == model.model_id or name in model.aliases:
+            return model
+    model = plugin_manager().hook.model_for_name(name=name)
+    if model is None:
+        raise UnknownModel(
+            f"unknown model {name!r}: see `captioner models`, use ollama/NAME for a local "
+            "Ollama model or openai/NAME for any OpenAI-compatible server"
+        )
+    return model

@@ -1,0 +1,137 @@
+"""What a request cost, in USD.
+
+Prices come from genai-prices and are applied to each request on its own
+(tiered prices make a price on summed totals wrong). Before asking it, we
+look in the user's price file (custom or self-hosted models) and fix the
+names it matches wrongly with our own alias table. Local models cost $0.
+An unknown price is None, never a silent $0.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from genai_prices import Usage, calc_price
+
+from .config import ConfigError, prices_path
+from .models import Model
+
+# Names genai-prices resolves to the wrong model, and what they really are.
+# gemini-1.5-flash-8b is its own, cheaper model; genai-prices' prefix match
+# would price it as gemini-1.5-flash (twice the price).
+PRICE_ALIASES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^(models/)?gemini-1\.5-flash-8b(-\d+|-latest)?$"), "gemini-flash-1.5-8b"),
+]
+
+MILLION = Decimal(1_000_000)
+
+
+@dataclass(frozen=True)
+class RequestCost:
+    cost_usd: float | None
+    price_in_per_m: float | None
+    price_out_per_m: float | None
+    source: str  # "genai-prices", "user", "local", "unknown"
+
+    @property
+    def known(self) -> bool:
+        return self.cost_usd is not None
+
+
+UNKNOWN = RequestCost(None, None, None, "unknown")
+
+
+def price_ref(model_id: str) -> str:
+    """The name to look up in genai-prices for this model id."""
+    for pattern, target in PRICE_ALIASES:
+        if pattern.match(model_id):
+            return target
+    return model_id
+
+
+def load_user_prices() -> dict[str, dict[str, float]]:
+    """`prices.json`: {"model-id": {"input": USD per 1M, "output": USD per 1M}}."""
+    path = prices_path()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {
+            str(name): {"input": float(p["input"]), "output": float(p["output"])}
+            for name, p in data.items()
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"cannot read price file {path}: expected "
+                          '{"model": {"input": USD_per_1M, "output": USD_per_1M}} ('
+                          f"{exc})") from exc
+
+
+def price_request(
+    model: Model,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    user_prices: dict[str, dict[str, float]] | None = None,
+) -> RequestCost:
+    """The cost of one request. `input_tokens` counts every input token,
+    cached ones included; `cache_*` say how many of them were cache reads/writes."""
+    user_prices = load_user_prices() if user_prices is None else user_prices
+    user = user_prices.get(model.model_id)
+    if user is not None:
+        cost = (input_tokens * user["input"] + output_tokens * user["output"]) / 1_000_000
+        return RequestCost(cost, user["input"], user["output"], "user")
+    if model.provider == "local":
+        return RequestCost(0.0, 0.0, 0.0, "local")
+    calc = _calc(model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+    if calc is None:
+        return UNKNOWN
+    # The unit prices actually applied to this request (tiers included), so a
+    # report can be redone from the row alone.
+    price_in = float(calc.input_price * MILLION / input_tokens) if input_tokens else _unit(calc, "input")
+    price_out = float(calc.output_price * MILLION / output_tokens) if output_tokens else _unit(calc, "output")
+    return RequestCost(float(calc.total_price), price_in, price_out, "genai-prices")
+
+
+def unit_prices(model: Model) -> tuple[float, float] | None:
+    """Base USD per million input and output tokens, for listings and estimates."""
+    cost = price_request(model, 1_000, 1_000)
+    if not cost.known:
+        return None
+    return cost.price_in_per_m, cost.price_out_per_m
+
+
+def _calc(model: Model, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int):
+    usage = Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read or None,
+        cache_write_tokens=cache_write or None,
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return calc_price(
+                usage,
+                price_ref(model.model_id),
+                provider_id=model.provider,
+                genai_request_timestamp=datetime.now(timezone.utc),
+            )
+    except (LookupError, ValueError):
+        return None
+
+
+def _unit(calc, which: str) -> float | None:
+    price = getattr(calc.model_price, f"{which}_mtok", None)
+    if price is None:
+        return None
+    if isinstance(price, (int, float, Decimal)):
+        return float(price)
+    base = getattr(price, "base", None)  # tiered price
+    return float(base) if base is not None else None

@@ -1,0 +1,75 @@
+"""Step 5: what a run did and what everything cost, as text or JSON-ready rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .batch import RunSummary
+from .store import Store
+
+GROUPINGS = {
+    "model": ("c.model", "model"),
+    "run": ("c.run_id", "run"),
+    "day": ("substr(c.created_at, 1, 10)", "day"),
+}
+
+
+def money(value: float | None) -> str:
+    if value is None:
+        return "unpriced"
+    if value == 0:
+        return "$0"
+    return f"${value:.6f}" if value < 0.01 else f"${value:,.4f}"
+
+
+def summary_lines(summary: RunSummary) -> list[str]:
+    """The end-of-run report, one fact per line."""
+    d = summary.to_dict()
+    other_skips = len(summary.skipped)
+    lines = [
+        f"{summary.model}: {summary.ok} ok, {summary.failed} failed, {summary.refused} refused/blocked, "
+        f"{summary.skipped_done} skipped (already done)"
+        + (f", {other_skips} skipped (not images)" if other_skips else "")
+        + (f", {summary.not_sent} not sent" if summary.not_sent else ""),
+        f"tokens: {summary.input_tokens:,} input, {summary.output_tokens:,} output",
+        f"cost: {money(summary.cost_usd)} ({money(d['cost_per_1000_images'])} per 1,000 images)"
+        + (f"; {summary.unpriced} responses unpriced (no known price for {summary.model})" if summary.unpriced else ""),
+    ]
+    for path, error in summary.failures[:20]:
+        lines.append(f"  failed: {path}: {error}")
+    if len(summary.failures) > 20:
+        lines.append(f"  ... and {len(summary.failures) - 20} more (see `captioner sql` on the captions table)")
+    if summary.message:
+        lines.append(summary.message)
+    return lines
+
+
+def cost_rows(store: Store, by: str) -> list[dict[str, Any]]:
+    """Totals grouped by model, run or day (UTC), priced from the stored rows."""
+    expression, label = GROUPINGS[by]
+    sql = f"""
+        SELECT {expression} AS {label},
+               count(*) AS captions,
+               sum(c.status = 'ok') AS ok,
+               sum(c.status = 'failed') AS failed,
+               sum(c.status IN ('refused', 'blocked')) AS refused_or_blocked,
+               coalesce(sum(c.input_tokens), 0) AS input_tokens,
+               coalesce(sum(c.output_tokens), 0) AS output_tokens,
+               round(coalesce(sum(c.cost_usd), 0), 8) AS cost_usd,
+               sum(c.cost_usd IS NULL AND c.input_tokens IS NOT NULL) AS unpriced
+        FROM captions c
+        GROUP BY 1 ORDER BY 1
+    """
+    rows = list(store.query(sql))
+    for row in rows:
+        priced = row["captions"] - row["failed"] if row["captions"] else 0
+        row["cost_per_1000_images"] = round(row["cost_usd"] / priced * 1000, 6) if priced else None
+        row["mean_input_tokens"] = round(row["input_tokens"] / priced, 1) if priced else None
+    if by == "run":
+        runs = {r["id"]: r for r in store.query("SELECT id, model, status, started_at FROM runs")}
+        for row in rows:
+            run = runs.get(row["run"], {})
+            row["model"] = run.get("model")
+            row["status"] = run.get("status")
+            row["started_at"] = run.get("started_at")
+    return rows

@@ -1,0 +1,147 @@
+"""Step 1: find the photos under the roots.
+
+Files are recognised by their first bytes, never by extension: a JPEG with no
+extension is a photo, a text file called `x.jpg` is not. Hidden files and
+folders (`.*`, including macOS `._*` AppleDouble files) are skipped. Folder
+symlinks are followed, but each real folder is visited once, so a link cycle
+cannot loop. The order is deterministic (sorted names, depth first).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format these leading bytes announce, or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        return "AVIF" if head[8:12] in (b"avif", b"avis") else "HEIF"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head[:2] == b"BM" and len(head) >= 26:
+        return "BMP"
+    return None
+
+
+@dataclass(frozen=True)
+class Found:
+    """A file under a root that may be a photo."""
+
+    path: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+def _matches(rel: str, patterns: Iterable[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _walk(root: Path, seen_dirs: set[tuple[int, int]]) -> Iterator[os.DirEntry | Path]:
+    """Sorted depth-first walk yielding file entries; each real directory once."""
+    try:
+        st = root.stat()
+    except OSError:
+        return
+    key = (st.st_dev, st.st_ino)
+    if key in seen_dirs:
+        return
+    seen_dirs.add(key)
+    try:
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            yield from _walk(Path(entry.path), seen_dirs)
+        else:
+            yield entry
+
+
+def scan(
+    roots: Iterable[str | os.PathLike],
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    is_done: Callable[[str, int, float], bool] | None = None,
+) -> Iterator[Found | Skipped]:
+    """Yield every candidate photo under `roots` as `Found`, and everything
+    passed over for a reason the user may want to know as `Skipped`.
+
+    `is_done(path, size, mtime)` lets the caller say a file is already handled;
+    such files are skipped before their bytes are read.
+    """
+    include, exclude = tuple(include), tuple(exclude)
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[str] = set()
+    for root in roots:
+        root = Path(root)
+        if root.is_file():
+            entries: Iterable = [root]
+            base = root.parent
+        else:
+            entries = _walk(root, seen_dirs)
+            base = root
+        for entry in entries:
+            path = os.path.abspath(entry.path if isinstance(entry, os.DirEntry) else entry)
+            if path in seen_files:
+                continue
+            seen_files.add(path)
+            rel = os.path.relpath(path, base).replace(os.sep, "/")
+            if include and not _matches(rel, include):
+                continue
+            if exclude and _matches(rel, exclude):
+                continue
+            yield from _check(path, is_done)
+
+
+def _check(path: str, is_done: Callable[[str, int, float], bool] | None) -> Iterator[Found | Skipped]:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        yield Skipped(path.encode("utf-8", "backslashreplace").decode(), "file name is not valid UTF-8")
+        return
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        yield Skipped(path, f"cannot read: {exc.strerror or exc}")
+        return
+    if is_done is not None and is_done(path, st.st_size, st.st_mtime):
+        yield Skipped(path, "done")
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except OSError as exc:
+        yield Skipped(path, f"cannot read: {exc.strerror or exc}")
+        return
+    if sniff_format(head) is None:
+        yield Skipped(path, "not an image" if head else "empty file")
+        return
+    yield Found(path, st.st_size, st.st_mtime)

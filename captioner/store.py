@@ -1,0 +1,337 @@
+"""Step 4: the SQLite database, the only code that writes it.
+
+WAL mode and a long busy timeout let several captioner processes share one
+file; every write is its own short `BEGIN IMMEDIATE` transaction, so a caption
+is on disk the moment its response arrives. Schema changes are numbered
+migrations, applied in order and recorded in `_migrations`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+import sqlite_utils
+
+from .media import PreparedImage
+from .models import CaptionResult
+
+BUSY_TIMEOUT_MS = 60_000
+FINAL_STATUSES = ("ok", "refused", "blocked")
+
+
+class StoreError(Exception):
+    """The database cannot be opened or is not a captioner database."""
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# Each migration is a list of statements, run in one transaction.
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "initial schema",
+        [
+            """CREATE TABLE images (
+                id INTEGER PRIMARY KEY,
+                path TEXT NOT NULL UNIQUE,
+                sha256 TEXT,
+                size INTEGER,
+                mtime REAL,
+                width INTEGER,
+                height INTEGER,
+                format TEXT,
+                taken_at TEXT,
+                camera_make TEXT,
+                camera_model TEXT,
+                gps_lat REAL,
+                gps_lon REAL
+            )""",
+            "CREATE INDEX idx_images_sha256 ON images (sha256)",
+            """CREATE TABLE runs (
+                id INTEGER PRIMARY KEY,
+                started_at TEXT,
+                finished_at TEXT,
+                model TEXT,
+                prompt TEXT,
+                options_json TEXT,
+                status TEXT,
+                images_total INTEGER DEFAULT 0,
+                images_ok INTEGER DEFAULT 0,
+                images_failed INTEGER DEFAULT 0,
+                input_tokens INTEGER DEFAULT 0,
+                output_tokens INTEGER DEFAULT 0,
+                cost_usd REAL DEFAULT 0,
+                pid INTEGER
+            )""",
+            """CREATE TABLE captions (
+                id INTEGER PRIMARY KEY,
+                image_id INTEGER NOT NULL REFERENCES images(id),
+                run_id INTEGER REFERENCES runs(id),
+                model TEXT NOT NULL,
+                prompt TEXT NOT NULL,
+                caption TEXT,
+                status TEXT NOT NULL,
+                error TEXT,
+                input_tokens INTEGER,
+                output_tokens INTEGER,
+                reasoning_tokens INTEGER,
+                cost_usd REAL,
+                price_in_per_m REAL,
+                price_out_per_m REAL,
+                duration_ms INTEGER,
+                created_at TEXT,
+                usage_json TEXT
+            )""",
+            "CREATE INDEX idx_captions_image ON captions (image_id, model, prompt)",
+            "CREATE INDEX idx_captions_run ON captions (run_id)",
+            # Same shape sqlite-utils' enable_fts() makes, so Datasette finds it.
+            "CREATE VIRTUAL TABLE captions_fts USING FTS5 (caption, tokenize='porter', content='captions')",
+            """CREATE TRIGGER captions_ai AFTER INSERT ON captions BEGIN
+                INSERT INTO captions_fts (rowid, caption) VALUES (new.rowid, new.caption);
+            END""",
+            """CREATE TRIGGER captions_ad AFTER DELETE ON captions BEGIN
+                INSERT INTO captions_fts (captions_fts, rowid, caption) VALUES('delete', old.rowid, old.caption);
+            END""",
+            """CREATE TRIGGER captions_au AFTER UPDATE ON captions BEGIN
+                INSERT INTO captions_fts (captions_fts, rowid, caption) VALUES('delete', old.rowid, old.caption);
+                INSERT INTO captions_fts (rowid, caption) VALUES (new.rowid, new.caption);
+            END""",
+        ],
+    ),
+]
+
+
+@dataclass
+class DoneIndex:
+    """What is already captioned for one model and prompt: by path (with the
+    size and mtime it had) and by content hash."""
+
+    by_path: dict[str, tuple[int, float]] = field(default_factory=dict)
+    shas: set[str] = field(default_factory=set)
+
+    def path_done(self, path: str, size: int, mtime: float) -> bool:
+        known = self.by_path.get(path)
+        return known is not None and known[0] == size and abs(known[1] - mtime) < 1e-6
+
+
+class Store:
+    def __init__(self, path: str, *, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            if readonly:
+                if not os.path.exists(path):
+                    raise StoreError(f"no database at {path}")
+                uri = "file:" + os.path.abspath(path) + "?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+                conn.execute("PRAGMA query_only = 1")
+            else:
+                conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.conn = conn
+            self.db = sqlite_utils.Database(conn)
+            if not readonly:
+                self._migrate()
+            elif not self.db["captions"].exists():
+                raise StoreError(f"{path} is not a captioner database")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- transactions ----------------------------------------------------
+
+    def _write(self, sql: str, params: Any = ()) -> tuple[int | None, list[tuple]]:
+        """One statement in its own immediate transaction (takes the write
+        lock up front, so concurrent writers wait instead of deadlocking).
+        Returns the last row id and any rows the statement returned."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self.conn.execute(sql, params)
+            rows = cursor.fetchall()
+            self.conn.execute("COMMIT")
+            return cursor.lastrowid, rows
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def _migrate(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS _migrations (id INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)"
+            )
+            applied = {row[0] for row in self.conn.execute("SELECT id FROM _migrations")}
+            for number, (name, statements) in enumerate(MIGRATIONS, start=1):
+                if number in applied:
+                    continue
+                for statement in statements:
+                    self.conn.execute(statement)
+                self.conn.execute(
+                    "INSERT INTO _migrations (id, name, applied_at) VALUES (?, ?, ?)",
+                    (number, name, utcnow()),
+                )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    # -- reading what is done --------------------------------------------
+
+    def done_index(self, model: str, prompt: str, *, retry_failed: bool) -> DoneIndex:
+        statuses = FINAL_STATUSES if retry_failed else FINAL_STATUSES + ("failed",)
+        marks = ",".join("?" * len(statuses))
+        shas = {
+            row[0]
+            for row in self.conn.execute(
+                f"""SELECT DISTINCT i.sha256 FROM captions c JOIN images i ON i.id = c.image_id
+                    WHERE c.model = ? AND c.prompt = ? AND c.status IN ({marks})""",
+                (model, prompt, *statuses),
+            )
+        }
+        index = DoneIndex(shas=shas)
+        for path, size, mtime, sha in self.conn.execute("SELECT path, size, mtime, sha256 FROM images"):
+            if sha in shas:
+                index.by_path[path] = (size, mtime)
+        return index
+
+    def content_done(self, sha256: str, model: str, prompt: str, *, retry_failed: bool) -> bool:
+        """Has another process captioned this content since we started?"""
+        statuses = FINAL_STATUSES if retry_failed else FINAL_STATUSES + ("failed",)
+        marks = ",".join("?" * len(statuses))
+        row = self.conn.execute(
+            f"""SELECT 1 FROM captions c JOIN images i ON i.id = c.image_id
+                WHERE i.sha256 = ? AND c.model = ? AND c.prompt = ? AND c.status IN ({marks}) LIMIT 1""",
+            (sha256, model, prompt, *statuses),
+        ).fetchone()
+        return row is not None
+
+    # -- writing ---------------------------------------------------------
+
+    def save_image(
+        self, path: str, sha256: str, size: int, mtime: float, prepared: PreparedImage | None = None
+    ) -> int:
+        values: dict[str, Any] = {"path": path, "sha256": sha256, "size": size, "mtime": mtime}
+        if prepared is not None:
+            exif = prepared.exif
+            values.update(
+                width=prepared.width,
+                height=prepared.height,
+                format=prepared.format,
+                taken_at=exif.taken_at,
+                camera_make=exif.camera_make,
+                camera_model=exif.camera_model,
+                gps_lat=exif.gps_lat,
+                gps_lon=exif.gps_lon,
+            )
+        columns = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in values if c != "path")
+        _, rows = self._write(
+            f"INSERT INTO images ({columns}) VALUES ({marks}) "
+            f"ON CONFLICT(path) DO UPDATE SET {updates} RETURNING id",
+            tuple(values.values()),
+        )
+        return rows[0][0]
+
+    def save_caption(
+        self,
+        *,
+        image_id: int,
+        run_id: int,
+        model: str,
+        prompt: str,
+        result: CaptionResult,
+        cost_usd: float | None = None,
+        price_in_per_m: float | None = None,
+        price_out_per_m: float | None = None,
+        duration_ms: int | None = None,
+    ) -> int:
+        row = {
+            "image_id": image_id,
+            "run_id": run_id,
+            "model": model,
+            "prompt": prompt,
+            "caption": result.text,
+            "status": result.status,
+            "error": result.error,
+            "input_tokens": result.input_tokens,
+            "output_tokens": result.output_tokens,
+            "reasoning_tokens": result.reasoning_tokens,
+            "cost_usd": cost_usd,
+            "price_in_per_m": price_in_per_m,
+            "price_out_per_m": price_out_per_m,
+            "duration_ms": duration_ms,
+            "created_at": utcnow(),
+            "usage_json": json.dumps(result.usage) if result.usage is not None else None,
+        }
+        columns = ", ".join(row)
+        marks = ", ".join("?" * len(row))
+        return self._write(f"INSERT INTO captions ({columns}) VALUES ({marks})", tuple(row.values()))[0]
+
+    def start_run(self, model: str, prompt: str, options: dict[str, Any]) -> int:
+        self._close_abandoned_runs()
+        return self._write(
+            "INSERT INTO runs (started_at, model, prompt, options_json, status, pid) VALUES (?, ?, ?, ?, ?, ?)",
+            (utcnow(), model, prompt, json.dumps(options, sort_keys=True), "running", os.getpid()),
+        )[0]
+
+    def finish_run(self, run_id: int, status: str, images_total: int) -> dict[str, Any]:
+        """Record how the run ended, with totals taken from its caption rows."""
+        totals = self.run_totals(run_id)
+        self._write(
+            """UPDATE runs SET finished_at = ?, status = ?, images_total = ?, images_ok = ?,
+               images_failed = ?, input_tokens = ?, output_tokens = ?, cost_usd = ? WHERE id = ?""",
+            (
+                utcnow(), status, images_total, totals["ok"], totals["failed"],
+                totals["input_tokens"], totals["output_tokens"], totals["cost_usd"], run_id,
+            ),
+        )
+        return totals
+
+    def run_totals(self, run_id: int) -> dict[str, Any]:
+        row = self.conn.execute(
+            """SELECT count(*),
+                      coalesce(sum(status = 'ok'), 0),
+                      coalesce(sum(status = 'failed'), 0),
+                      coalesce(sum(status IN ('refused', 'blocked')), 0),
+                      coalesce(sum(input_tokens), 0),
+                      coalesce(sum(output_tokens), 0),
+                      coalesce(sum(cost_usd), 0.0),
+                      coalesce(sum(cost_usd IS NULL AND status != 'failed'), 0)
+               FROM captions WHERE run_id = ?""",
+            (run_id,),
+        ).fetchone()
+        keys = ("captions", "ok", "failed", "refused", "input_tokens", "output_tokens", "cost_usd", "unpriced")
+        return dict(zip(keys, row))
+
+    def _close_abandoned_runs(self) -> None:
+        """A run still marked `running` whose process is gone was killed."""
+        for run_id, pid in self.conn.execute("SELECT id, pid FROM runs WHERE status = 'running'").fetchall():
+            if pid and _pid_alive(pid) and pid != os.getpid():
+                continue
+            self.finish_run(run_id, "killed", self.run_totals(run_id)["captions"])
+
+    # -- queries for reports ---------------------------------------------
+
+    def query(self, sql: str, params: Any = ()) -> Iterator[dict[str, Any]]:
+        return self.db.query(sql, params)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

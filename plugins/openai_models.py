@@ -1,0 +1,234 @@
+"""OpenAI Chat Completions, and any server that speaks it (vLLM, llama.cpp,
+LM Studio, Ollama's /v1): point `OPENAI_BASE_URL` at it.
+
+Names: the listed OpenAI models, any other `gpt-*` / `o*` name, and
+`openai/NAME` for a model on an OpenAI-compatible server (no key needed).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+from typing import Any, Mapping
+
+import httpx
+
+from captioner.hookspecs import hookimpl
+from captioner.models import (
+    FAILED,
+    REFUSED,
+    DEFAULT_MAX_TOKENS,
+    CaptionRequest,
+    CaptionResult,
+    Model,
+    ProviderError,
+    error_for_status,
+    error_message,
+    response_json,
+)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+# (base tokens, tokens per 512-px tile) for the tile-priced models, longest prefix wins.
+TILE_RATES: dict[str, tuple[int, int]] = {
+    "gpt-4o-mini": (2833, 5667),
+    "gpt-4o": (85, 170),
+    "gpt-4.1": (85, 170),
+    "gpt-4.5": (85, 170),
+    "chatgpt-4o": (85, 170),
+    "gpt-5": (70, 140),
+    "o1": (75, 150),
+    "o3": (75, 150),
+    "computer-use": (65, 129),
+}
+# Multipliers for the 32-px-patch-priced models (patches capped at 1,536).
+PATCH_MULTIPLIERS: dict[str, float] = {
+    "gpt-4.1-mini": 1.62,
+    "gpt-4.1-nano": 2.46,
+    "gpt-5-mini": 1.62,
+    "gpt-5-nano": 2.46,
+    "o4-mini": 1.72,
+}
+PATCH_CAP = 1536
+
+LISTED = ["gpt-4.1-nano", "gpt-4.1-mini", "gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-5-nano", "gpt-5-mini", "gpt-5"]
+OPENAI_NAME = re.compile(r"^(gpt-|chatgpt-|o\d)")
+
+
+def _longest_prefix(name: str, table: Mapping[str, Any]) -> Any:
+    matches = [prefix for prefix in table if name.startswith(prefix)]
+    return table[max(matches, key=len)] if matches else None
+
+
+def tile_tokens(width: int, height: int, base: int, per_tile: int, detail: str) -> int:
+    """OpenAI's tile rule: fit in 2048x2048, shortest side to 768, count 512-px tiles."""
+    if detail == "low":
+        return base
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = min(1.0, 768 / min(w, h))
+    w, h = w * scale, h * scale
+    tiles = math.ceil(w / 512) * math.ceil(h / 512)
+    return base + per_tile * tiles
+
+
+def patch_tokens(width: int, height: int, multiplier: float) -> int:
+    """OpenAI's patch rule: 32-px patches, image shrunk to fit 1,536 of them."""
+    patches = math.ceil(width / 32) * math.ceil(height / 32)
+    if patches > PATCH_CAP:
+        shrink = math.sqrt(32 * 32 * PATCH_CAP / (width * height))
+        shrink *= min(
+            math.floor(width * shrink / 32) / (width * shrink / 32),
+            math.floor(height * shrink / 32) / (height * shrink / 32),
+        )
+        patches = min(PATCH_CAP, math.ceil(width * shrink / 32) * math.ceil(height * shrink / 32))
+    return math.ceil(patches * multiplier)
+
+
+class OpenAIChatModel(Model):
+    provider = "openai"
+    key_name = "openai"
+    key_env = ("OPENAI_API_KEY",)
+
+    def __init__(self, model_id: str, *, api_model: str | None = None, compatible: bool = False,
+                 listed: bool = True) -> None:
+        self.model_id = model_id
+        self.api_model = api_model or model_id
+        # A model on some OpenAI-compatible server: no key required, older parameter names.
+        self.compatible = compatible
+        self.needs_key = not compatible
+        self.listed = listed
+        if compatible:
+            self.provider = "openai-compatible"
+
+    def image_tokens(self, width: int, height: int, options: Mapping[str, str]) -> int:
+        multiplier = _longest_prefix(self.api_model, PATCH_MULTIPLIERS)
+        if multiplier is not None:
+            return patch_tokens(width, height, multiplier)
+        base, per_tile = _longest_prefix(self.api_model, TILE_RATES) or (85, 170)
+        return tile_tokens(width, height, base, per_tile, options.get("detail", "auto"))
+
+    def build_body(self, request: CaptionRequest) -> dict[str, Any]:
+        options = dict(request.options)
+        image_url: dict[str, Any] = {
+            "url": "data:image/jpeg;base64," + base64.b64encode(request.jpeg).decode("ascii")
+        }
+        if "detail" in options:
+            image_url["detail"] = options.pop("detail")
+        messages: list[dict[str, Any]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": request.prompt},
+                    {"type": "image_url", "image_url": image_url},
+                ],
+            }
+        )
+        body: dict[str, Any] = {"model": self.api_model, "messages": messages}
+        max_tokens = int(options.pop("max_tokens", DEFAULT_MAX_TOKENS))
+        body["max_tokens" if self.compatible else "max_completion_tokens"] = max_tokens
+        if not self.compatible and re.match(r"^gpt-5(-mini|-nano)?$", self.api_model):
+            # Reasoning adds cost and nothing to a caption; gpt-5 allows turning most of it off.
+            body["reasoning_effort"] = "minimal"
+        for key, value in options.items():
+            body[key] = _option_value(value)
+        return body
+
+    async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
+        base_url = os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        headers = {"Content-Type": "application/json"}
+        if request.key:
+            headers["Authorization"] = f"Bearer {request.key}"
+        response = await client.post(
+            base_url.rstrip("/") + "/chat/completions",
+            content=json.dumps(self.build_body(request)),
+            headers=headers,
+        )
+        if response.status_code != 200:
+            raise map_error(response)
+        return parse_response(response_json(response))
+
+
+def _option_value(value: str) -> Any:
+    """`-o temperature 0.2` arrives as a string; send numbers and booleans as JSON."""
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value
+
+
+def map_error(response: httpx.Response) -> ProviderError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    message = error_message(body, response.text[:200] or response.reason_phrase)
+    code = ""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        code = str(body["error"].get("code") or body["error"].get("type") or "")
+    # A 429 is usually a rate limit (retry), but an empty account is also a 429.
+    out_of_money = code in ("insufficient_quota", "billing_hard_limit_reached")
+    return error_for_status(response, message, fatal_hint=out_of_money)
+
+
+def parse_response(body: Any) -> CaptionResult:
+    """A Chat Completions response body to a CaptionResult."""
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
+        raise ProviderError("malformed response: no choices", retryable=True)
+    choice = body["choices"][0]
+    message = choice.get("message") or {}
+    usage = body.get("usage") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    result = CaptionResult(
+        text=_content_text(message.get("content")),
+        input_tokens=usage.get("prompt_tokens"),
+        output_tokens=usage.get("completion_tokens"),
+        reasoning_tokens=completion_details.get("reasoning_tokens"),
+        cache_read_tokens=prompt_details.get("cached_tokens") or 0,
+        usage=usage or None,
+    )
+    finish = choice.get("finish_reason")
+    if message.get("refusal"):
+        result.status, result.error, result.text = REFUSED, f"refused: {message['refusal']}", None
+    elif finish == "content_filter":
+        result.status, result.error = REFUSED, "refused: content_filter"
+    elif not result.text:
+        # Billed but useless: keep the usage, record why.
+        result.status = FAILED
+        result.error = (
+            "empty caption: the output token limit was used up (raise -o max_tokens)"
+            if finish == "length"
+            else "empty caption in response"
+        )
+    return result
+
+
+def _content_text(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content.strip() or None
+    if isinstance(content, list):
+        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "".join(parts).strip() or None
+    return None
+
+
+@hookimpl
+def register_models(register):
+    for name in LISTED:
+        register(OpenAIChatModel(name))
+
+
+@hookimpl
+def model_for_name(name: str):
+    if name.startswith("openai/"):
+        return OpenAIChatModel(name, api_model=name.split("/", 1)[1], compatible=True, listed=False)
+    if OPENAI_NAME.match(name):
+        return OpenAIChatModel(name, listed=False)
+    return None

@@ -1,0 +1,248 @@
+"""Fake provider servers on 127.0.0.1 that speak the real wire formats.
+
+Each server decodes the image it receives and answers with a caption that
+names the image's content (a hash of the JPEG bytes plus its size), so tests
+can prove every caption was stored against the right photo. Token usage is
+reported by the provider's own published image-token rule, so billing and
+estimates can be checked against each other.
+
+Faults are scripted per request: `server.faults` is a list consumed in order
+(None = answer normally), or `server.fault_fn(n)` decides for request n.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+from PIL import Image
+
+
+def image_label(jpeg: bytes) -> str:
+    """What the fake 'sees': a content hash and the pixel size."""
+    with Image.open(io.BytesIO(jpeg)) as im:
+        w, h = im.size
+    return f"photo {hashlib.sha256(jpeg).hexdigest()[:16]} {w}x{h}"
+
+
+def openai_tile_tokens(w: int, h: int, base: int = 2833, tile: int = 5667) -> int:
+    scale = min(1.0, 2048 / max(w, h))
+    w, h = w * scale, h * scale
+    scale = min(1.0, 768 / min(w, h))
+    w, h = w * scale, h * scale
+    return base + tile * math.ceil(w / 512) * math.ceil(h / 512)
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: Any
+    images: list[bytes]
+
+
+@dataclass
+class Fault:
+    """An error answer: status, JSON body, headers; or a transport fault."""
+
+    status: int = 500
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    kind: str = "http"  # http | reset | hang | garbage | truncated
+
+
+class FakeServer:
+    """A threaded HTTP server; subclasses implement `answer(path, body)`."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
+        self.received: list[Received] = []
+        self.faults: list[Fault | None] = []
+        self.fault_fn: Callable[[int], Fault | None] | None = None
+        self.count = 0
+        self.lock = threading.Lock()
+        self.hang_seconds = 30.0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server._handle(self, None)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                raw = self.rfile.read(length)
+                server._handle(self, raw)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> "FakeServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def image_requests(self) -> list[Received]:
+        return [r for r in self.received if r.images]
+
+    def _next_fault(self) -> Fault | None:
+        with self.lock:
+            n = self.count
+            self.count += 1
+            if self.fault_fn is not None:
+                return self.fault_fn(n)
+            return self.faults.pop(0) if self.faults else None
+
+    def _handle(self, handler: BaseHTTPRequestHandler, raw: bytes | None) -> None:
+        body = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw
+        path = handler.path
+        if handler.command == "GET":
+            status, payload, headers = self.answer_get(path)
+            self._send(handler, status, payload, headers)
+            return
+        images = self.extract_images(body) if isinstance(body, dict) else []
+        with self.lock:
+            self.received.append(Received(path, dict(handler.headers.items()), body, images))
+        fault = self._next_fault()
+        if self.latency:
+            time.sleep(self.latency)
+        if fault is not None:
+            self._fault(handler, fault)
+            return
+        status, payload, headers = self.answer(path, body, images, dict(handler.headers.items()))
+        self._send(handler, status, payload, headers)
+
+    def _fault(self, handler: BaseHTTPRequestHandler, fault: Fault) -> None:
+        if fault.kind == "reset":
+            handler.close_connection = True
+            handler.connection.shutdown(2)
+            return
+        if fault.kind == "hang":
+            time.sleep(self.hang_seconds)
+            handler.close_connection = True
+            return
+        if fault.kind == "garbage":
+            self._send(handler, 200, b"{\"choices\": [ not json", {})
+            return
+        if fault.kind == "truncated":
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", "500")
+            handler.end_headers()
+            handler.wfile.write(b'{"choices": [')
+            handler.close_connection = True
+            return
+        self._send(handler, fault.status, fault.body if fault.body is not None else {"error": "fault"}, fault.headers)
+
+    def _send(self, handler: BaseHTTPRequestHandler, status: int, payload: Any, headers: dict[str, str]) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    # -- subclass API --
+    def extract_images(self, body: dict) -> list[bytes]:
+        return []
+
+    def answer(self, path: str, body: Any, images: list[bytes], headers: dict[str, str]) -> tuple[int, Any, dict]:
+        raise NotImplementedError
+
+    def answer_get(self, path: str) -> tuple[int, Any, dict]:
+        return 404, {"error": "not found"}, {}
+
+
+class FakeOpenAI(FakeServer):
+    """OpenAI Chat Completions: POST /v1/chat/completions."""
+
+    def __init__(self, latency: float = 0.0, output_tokens: int = 20, reasoning_tokens: int = 0) -> None:
+        super().__init__(latency)
+        self.output_tokens = output_tokens
+        self.reasoning_tokens = reasoning_tokens
+        self.answer_override: Callable[[dict], dict] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def extract_images(self, body: dict) -> list[bytes]:
+        images = []
+        for message in body.get("messages", []):
+            content = message.get("content")
+            if isinstance(content, list):
+                for part in content:
+                    if part.get("type") == "image_url":
+                        url = part["image_url"]["url"]
+                        images.append(base64.b64decode(url.split(",", 1)[1]))
+        return images
+
+    def prompt_tokens(self, body: dict, images: list[bytes]) -> int:
+        text = " ".join(
+            p.get("text", "") if isinstance(p, dict) else ""
+            for m in body.get("messages", [])
+            for p in (m["content"] if isinstance(m["content"], list) else [{"text": m["content"]}])
+        )
+        tokens = len(text.split()) + 8
+        for jpeg in images:
+            with Image.open(io.BytesIO(jpeg)) as im:
+                tokens += openai_tile_tokens(*im.size)
+        return tokens
+
+    def answer(self, path, body, images, headers):
+        if not path.endswith("/chat/completions"):
+            return 404, {"error": {"message": "unknown path"}}, {}
+        if not images:
+            return 400, {"error": {"message": "no image", "type": "invalid_request_error"}}, {}
+        reply = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "model": body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": image_label(images[0]), "refusal": None},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": self.prompt_tokens(body, images),
+                "completion_tokens": self.output_tokens + self.reasoning_tokens,
+                "total_tokens": 0,
+                "prompt_tokens_details": {"cached_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+            },
+        }
+        reply["usage"]["total_tokens"] = reply["usage"]["prompt_tokens"] + reply["usage"]["completion_tokens"]
+        if self.answer_override is not None:
+            reply = self.answer_override(reply)
+        return 200, reply, {}
