@@ -386,7 +386,12 @@ class Runner:
             options=s.options,
             key=s.key,
         )
-        result, duration_ms = await self._send(request, client)
+        sent = await self._send(request, client)
+        if sent is None:  # the run stopped while this image waited for a slot
+            summary.not_sent += 1
+            self.budget.settle(reserve, 0.0)
+            return
+        result, duration_ms = sent
         if duration_ms is None:
             cost = self._hold_or_store(image_id, found.path, result)
         else:
@@ -407,9 +412,10 @@ class Runner:
         )
         return cost.cost_usd or 0.0
 
-    async def _send(self, request: CaptionRequest, client) -> tuple[CaptionResult, int | None]:
-        """Send with retries. Returns the result (failed after the last retry),
-        or raises FatalRunError when no image could succeed."""
+    async def _send(self, request: CaptionRequest, client) -> tuple[CaptionResult, int | None] | None:
+        """Send with retries. Returns the result and its duration (None: failed
+        after the last retry), None if the run stopped before it was sent, or
+        raises FatalRunError when no image could succeed."""
         s = self.settings
         last_error = "unknown error"
         for attempt in range(s.retries + 1):
@@ -419,6 +425,8 @@ class Runner:
             retry_after = None
             async with self.limit:
                 await self.rate.wait()
+                if self.stopping and attempt == 0:
+                    return None
                 started = time.monotonic()
                 try:
                     result = await self.model.caption(request, client)
