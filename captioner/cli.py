@@ -12,7 +12,7 @@ import click
 from . import config, pricing, report
 from .batch import DEFAULT_PROMPT, RunSettings, caption_paths
 from .config import ConfigError
-from .plugins import UnknownModel, get_model, listed_models
+from .plugins import UnknownModel, discovered_models, get_model, listed_models
 from .store import Store, StoreError
 
 EXIT_SOME_FAILED = 1
@@ -187,7 +187,7 @@ def models(ctx, as_json):
         return
     rows = []
     default = config.get_default_model()
-    for model in listed_models():
+    for model in listed_models() + discovered_models():
         prices = pricing.unit_prices(model)
         try:
             has_key = bool(config.resolve_key(model))

@@ -19,3 +19,9 @@ def register_models(register: Callable) -> None:
 def model_for_name(name: str):
     """Return a Model for a name not in any plugin's list (e.g. `ollama/llava`,
     a dated snapshot), or None if this plugin does not serve it."""
+
+
+@hookspec
+def discover_models():
+    """Return models found on a server right now (e.g. Ollama's /api/tags).
+    Called only by `captioner models`, never on the captioning path."""

@@ -202,3 +202,30 @@ def error_message(body: Any, fallback: str) -> str:
     if isinstance(body, list) and body:
         return error_message(body[0], fallback)
     return fallback
+
+
+def sse_payloads(text: str) -> list[Any]:
+    """The JSON `data:` payloads of a server-sent-events body, in order
+    (comments, event names and the `[DONE]` marker skipped)."""
+    payloads = []
+    for line in text.splitlines():
+        if line.startswith("data:"):
+            data = line[5:].strip()
+            if data and data != "[DONE]":
+                try:
+                    payloads.append(json.loads(data))
+                except json.JSONDecodeError as exc:
+                    raise ProviderError("malformed event stream from server", retryable=True) from exc
+    return payloads
+
+
+def is_event_stream(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+def option_value(value: str) -> Any:
+    """`-o temperature 0.2` arrives as a string; send numbers, booleans and JSON as such."""
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value

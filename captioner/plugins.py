@@ -30,6 +30,14 @@ def listed_models() -> list[Model]:
     return models
 
 
+def discovered_models() -> list[Model]:
+    """Models the plugins find on servers right now (may use the network)."""
+    found: list[Model] = []
+    for models in plugin_manager().hook.discover_models():
+        found.extend(models or [])
+    return found
+
+
 def get_model(name: str) -> Model:
     """The model for `name`: a listed id or alias first, then any plugin that
     claims the name (so unlisted snapshots and local models work)."""

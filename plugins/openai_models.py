@@ -27,7 +27,10 @@ from captioner.models import (
     ProviderError,
     error_for_status,
     error_message,
+    is_event_stream,
+    option_value,
     response_json,
+    sse_payloads,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -137,7 +140,7 @@ class OpenAIChatModel(Model):
             # Reasoning adds cost and nothing to a caption; gpt-5 allows turning most of it off.
             body["reasoning_effort"] = "minimal"
         for key, value in options.items():
-            body[key] = _option_value(value)
+            body[key] = option_value(value)
         return body
 
     async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
@@ -152,15 +155,9 @@ class OpenAIChatModel(Model):
         )
         if response.status_code != 200:
             raise map_error(response)
+        if is_event_stream(response):
+            return parse_response(fold_stream(sse_payloads(response.text)))
         return parse_response(response_json(response))
-
-
-def _option_value(value: str) -> Any:
-    """`-o temperature 0.2` arrives as a string; send numbers and booleans as JSON."""
-    try:
-        return json.loads(value)
-    except (json.JSONDecodeError, TypeError):
-        return value
 
 
 def map_error(response: httpx.Response) -> ProviderError:
@@ -208,6 +205,20 @@ def parse_response(body: Any) -> CaptionResult:
             else "empty caption in response"
         )
     return result
+
+
+def fold_stream(chunks: list[Any]) -> dict[str, Any]:
+    """Streamed `chat.completion.chunk`s folded into one non-streamed response body."""
+    content, refusal, finish, usage = [], [], None, None
+    for chunk in chunks:
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            content.append(delta.get("content") or "")
+            refusal.append(delta.get("refusal") or "")
+            finish = choice.get("finish_reason") or finish
+    message = {"content": "".join(content), "refusal": "".join(refusal) or None}
+    return {"choices": [{"message": message, "finish_reason": finish}], "usage": usage}
 
 
 def _content_text(content: Any) -> str | None:

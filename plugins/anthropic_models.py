@@ -1,0 +1,176 @@
+"""Anthropic Messages API (`POST /v1/messages`). Names: `claude-*`.
+
+`ANTHROPIC_BASE_URL` points it elsewhere; the key comes from `ANTHROPIC_API_KEY`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import httpx
+
+from captioner.hookspecs import hookimpl
+from captioner.models import (
+    FAILED,
+    REFUSED,
+    CaptionRequest,
+    CaptionResult,
+    Model,
+    ProviderError,
+    error_for_status,
+    error_message,
+    is_event_stream,
+    option_value,
+    response_json,
+    sse_payloads,
+)
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+# Anthropic shrinks images beyond 1568 px on the long side or about 1,600 tokens
+# (1.2 megapixels), then bills width * height / 750 tokens.
+MAX_LONG_SIDE = 1568
+MAX_PIXELS = 1_200_000
+
+LISTED = ["claude-haiku-4-5", "claude-sonnet-4-5", "claude-haiku-5-5", "claude-sonnet-5-5"]
+
+
+def anthropic_image_tokens(width: int, height: int) -> int:
+    scale = min(1.0, MAX_LONG_SIDE / max(width, height), math.sqrt(MAX_PIXELS / (width * height)))
+    w, h = int(width * scale), int(height * scale)
+    return math.ceil(w * h / 750)
+
+
+class ClaudeModel(Model):
+    provider = "anthropic"
+    key_name = "anthropic"
+    key_env = ("ANTHROPIC_API_KEY",)
+
+    def __init__(self, model_id: str, listed: bool = True) -> None:
+        self.model_id = model_id
+        self.listed = listed
+
+    def image_tokens(self, width: int, height: int, options: Mapping[str, str]) -> int:
+        return anthropic_image_tokens(width, height)
+
+    def build_body(self, request: CaptionRequest) -> dict[str, Any]:
+        options = dict(request.options)
+        body: dict[str, Any] = {
+            "model": self.model_id,
+            "max_tokens": self.max_output_tokens(options),
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {
+                                "type": "base64",
+                                "media_type": "image/jpeg",
+                                "data": base64.b64encode(request.jpeg).decode("ascii"),
+                            },
+                        },
+                        {"type": "text", "text": request.prompt},
+                    ],
+                }
+            ],
+        }
+        options.pop("max_tokens", None)
+        if request.system:
+            body["system"] = request.system
+        for key, value in options.items():
+            body[key] = option_value(value)
+        return body
+
+    async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
+        base = (os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
+        if request.key:
+            headers["x-api-key"] = request.key
+        response = await client.post(url, content=json.dumps(self.build_body(request)), headers=headers)
+        if response.status_code != 200:
+            raise map_error(response)
+        if is_event_stream(response):
+            return parse_message(fold_stream(sse_payloads(response.text)))
+        return parse_message(response_json(response))
+
+
+def map_error(response: httpx.Response) -> ProviderError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    message = error_message(body, response.text[:200] or response.reason_phrase)
+    # An empty account is a 400 that will fail every image the same way.
+    out_of_credit = "credit balance" in message.lower()
+    return error_for_status(response, message, fatal_hint=out_of_credit)
+
+
+def parse_message(message: Any) -> CaptionResult:
+    """A Messages API response body to a CaptionResult."""
+    if not isinstance(message, dict) or message.get("type") == "error":
+        raise ProviderError(f"unexpected response: {error_message(message, 'no message')}", retryable=True)
+    usage = message.get("usage") or {}
+    cache_write = usage.get("cache_creation_input_tokens") or 0
+    cache_read = usage.get("cache_read_input_tokens") or 0
+    texts = [b.get("text", "") for b in message.get("content") or [] if b.get("type") == "text"]
+    result = CaptionResult(
+        text="".join(texts).strip() or None,
+        # Billed input is the uncached input plus what was written to and read from the cache.
+        input_tokens=(usage.get("input_tokens") or 0) + cache_write + cache_read if usage else None,
+        output_tokens=usage.get("output_tokens"),
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        usage=usage or None,
+    )
+    stop = message.get("stop_reason")
+    if stop == "refusal":
+        result.status, result.error = REFUSED, "refused: stop_reason refusal"
+    elif not result.text:
+        result.status = FAILED
+        result.error = (
+            "empty caption: the output token limit was used up (raise -o max_tokens)"
+            if stop == "max_tokens"
+            else f"empty caption (stop_reason {stop})"
+        )
+    return result
+
+
+def fold_stream(events: list[Any]) -> dict[str, Any]:
+    """Streamed Messages events folded into one message: text deltas joined,
+    usage from message_start updated by the final message_delta."""
+    message: dict[str, Any] = {"content": [], "usage": {}, "stop_reason": None}
+    text: list[str] = []
+    for event in events:
+        kind = event.get("type")
+        if kind == "message_start":
+            start = event.get("message") or {}
+            message["usage"] = dict(start.get("usage") or {})
+            message["model"] = start.get("model")
+        elif kind == "content_block_delta" and event.get("delta", {}).get("type") == "text_delta":
+            text.append(event["delta"].get("text", ""))
+        elif kind == "message_delta":
+            message["stop_reason"] = event.get("delta", {}).get("stop_reason")
+            message["usage"].update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+        elif kind == "error":
+            raise ProviderError(f"stream error: {error_message(event, 'unknown')}", retryable=True)
+    message["content"] = [{"type": "text", "text": "".join(text)}]
+    return message
+
+
+@hookimpl
+def register_models(register):
+    for name in LISTED:
+        register(ClaudeModel(name))
+
+
+@hookimpl
+def model_for_name(name: str):
+    if name.startswith("claude-"):
+        return ClaudeModel(name, listed=False)
+    return None

@@ -1,0 +1,224 @@
+"""Google Gemini, native `generateContent`. Names: `gemini-*`, `gemma-*`.
+
+`GEMINI_BASE_URL` points it elsewhere; the key comes from `GEMINI_API_KEY`
+or `GOOGLE_API_KEY` and travels in the `x-goog-api-key` header (never the URL).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+from typing import Any, Mapping
+
+import httpx
+
+from captioner.hookspecs import hookimpl
+from captioner.models import (
+    BLOCKED,
+    FAILED,
+    CaptionRequest,
+    CaptionResult,
+    Model,
+    ProviderError,
+    error_for_status,
+    error_message,
+    option_value,
+    response_json,
+)
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+TOKENS_PER_IMAGE = 258
+# Gemini 3 bills an image by its media resolution.
+MEDIA_RESOLUTION_TOKENS = {"low": 280, "medium": 560, "high": 1120}
+BLOCK_REASONS = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION", "IMAGE_SAFETY", "LANGUAGE"}
+GENERATION_OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "topP",
+    "top_k": "topK",
+    "seed": "seed",
+    "media_resolution": "mediaResolution",
+}
+
+LISTED = ["gemini-2.5-flash-lite", "gemini-2.5-flash", "gemini-3.1-flash-lite", "gemini-1.5-flash-8b"]
+
+
+def gemini_image_tokens(model: str, width: int, height: int, options: Mapping[str, str]) -> int:
+    if model.startswith("gemini-3"):
+        level = str(options.get("media_resolution", "high")).lower().replace("media_resolution_", "")
+        return MEDIA_RESOLUTION_TOKENS.get(level, MEDIA_RESOLUTION_TOKENS["high"])
+    if model.startswith("gemini-2.0") and (width > 384 or height > 384):
+        # Gemini 2.0: larger images are cut into square tiles of about min-side / 1.5.
+        unit = max(256, min(768, math.floor(min(width, height) / 1.5)))
+        return TOKENS_PER_IMAGE * math.ceil(width / unit) * math.ceil(height / unit)
+    # Gemini 1.5 and 2.5 bill a flat 258 tokens per image.
+    return TOKENS_PER_IMAGE
+
+
+def thinking_config(model: str) -> dict[str, Any] | None:
+    """Thinking off (or as low as allowed): it costs output tokens and adds nothing to a caption."""
+    if re.match(r"^gemini-2\.5-flash", model):
+        return {"thinkingBudget": 0}
+    if model.startswith("gemini-3"):
+        return {"thinkingLevel": "low"}
+    return None  # 1.5 / 2.0 do not think; 2.5 Pro cannot turn thinking off
+
+
+class GeminiModel(Model):
+    provider = "google"
+    key_name = "gemini"
+    key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+    def __init__(self, model_id: str, listed: bool = True) -> None:
+        self.model_id = model_id.removeprefix("models/")
+        self.listed = listed
+
+    def image_tokens(self, width: int, height: int, options: Mapping[str, str]) -> int:
+        return gemini_image_tokens(self.model_id, width, height, options)
+
+    def build_body(self, request: CaptionRequest) -> dict[str, Any]:
+        options = dict(request.options)
+        generation: dict[str, Any] = {"maxOutputTokens": self.max_output_tokens(options)}
+        options.pop("max_tokens", None)
+        thinking = thinking_config(self.model_id)
+        if "thinking_budget" in options:
+            thinking = {"thinkingBudget": int(options.pop("thinking_budget"))}
+        if "thinking_level" in options:
+            thinking = {"thinkingLevel": options.pop("thinking_level")}
+        if thinking:
+            generation["thinkingConfig"] = thinking
+        for key, field in GENERATION_OPTIONS.items():
+            if key in options:
+                generation[field] = option_value(options.pop(key))
+        body: dict[str, Any] = {
+            "contents": [
+                {
+                    "role": "user",
+                    "parts": [
+                        {
+                            "inline_data": {
+                                "mime_type": "image/jpeg",
+                                "data": base64.b64encode(request.jpeg).decode("ascii"),
+                            }
+                        },
+                        {"text": request.prompt},
+                    ],
+                }
+            ],
+            "generationConfig": generation,
+        }
+        if request.system:
+            body["systemInstruction"] = {"parts": [{"text": request.system}]}
+        for key, value in options.items():
+            body[key] = option_value(value)
+        return body
+
+    async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
+        base = (os.environ.get("GEMINI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        if not re.search(r"/v1(beta|alpha)?\d*$", base):
+            base += "/v1beta"
+        url = f"{base}/models/{self.model_id}:generateContent"
+        headers = {"content-type": "application/json"}
+        if request.key:
+            headers["x-goog-api-key"] = request.key
+        response = await client.post(url, content=json.dumps(self.build_body(request)), headers=headers)
+        if response.status_code != 200:
+            raise map_error(response)
+        return parse_response(response_json(response))
+
+
+def retry_delay(details: Any) -> float | None:
+    """`RetryInfo.retryDelay` ("37s", "1.5s") from an error's details."""
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and detail.get("@type", "").endswith("google.rpc.RetryInfo"):
+            match = re.fullmatch(r"\s*([\d.]+)s\s*", str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def _is_daily_quota(details: Any) -> bool:
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and detail.get("@type", "").endswith("google.rpc.QuotaFailure"):
+            for violation in detail.get("violations") or []:
+                quota = f"{violation.get('quotaId', '')} {violation.get('quotaMetric', '')}"
+                if "PerDay" in quota or "per_day" in quota.lower():
+                    return True
+    return False
+
+
+def _is_bad_key(details: Any) -> bool:
+    return any(
+        isinstance(d, dict) and d.get("reason") in ("API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED")
+        for d in (details if isinstance(details, list) else [])
+    )
+
+
+def map_error(response: httpx.Response) -> ProviderError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, list) and body:
+        body = body[0]
+    error = body.get("error", {}) if isinstance(body, dict) else {}
+    details = error.get("details") if isinstance(error, dict) else None
+    message = error_message(body, response.text[:200] or response.reason_phrase)
+    # A per-day quota will not come back within the run; a bad key fails every image.
+    fatal = _is_daily_quota(details) or _is_bad_key(details)
+    return error_for_status(response, message, fatal_hint=fatal, retry_after=retry_delay(details))
+
+
+def parse_response(body: Any) -> CaptionResult:
+    """A generateContent body (or a streamed array of chunks) to a CaptionResult."""
+    chunks = body if isinstance(body, list) else [body]
+    if not chunks or not all(isinstance(c, dict) for c in chunks):
+        raise ProviderError("malformed response from Gemini", retryable=True)
+    texts: list[str] = []
+    finish = block = None
+    usage: dict[str, Any] = {}
+    for chunk in chunks:
+        usage = chunk.get("usageMetadata") or usage
+        block = (chunk.get("promptFeedback") or {}).get("blockReason") or block
+        for candidate in (chunk.get("candidates") or [])[:1]:
+            finish = candidate.get("finishReason") or finish
+            for part in (candidate.get("content") or {}).get("parts") or []:
+                if not part.get("thought") and "text" in part:
+                    texts.append(part["text"])
+    thoughts = usage.get("thoughtsTokenCount") or 0
+    result = CaptionResult(
+        text="".join(texts).strip() or None,
+        input_tokens=usage.get("promptTokenCount"),
+        # Thinking is billed as output.
+        output_tokens=(usage.get("candidatesTokenCount") or 0) + thoughts if usage else None,
+        reasoning_tokens=thoughts if usage else None,
+        cache_read_tokens=usage.get("cachedContentTokenCount") or 0,
+        usage=usage or None,
+    )
+    if block:
+        result.status, result.error, result.text = BLOCKED, f"blocked: prompt {block}", None
+    elif finish in BLOCK_REASONS:
+        result.status, result.error, result.text = BLOCKED, f"blocked: {finish}", None
+    elif not result.text:
+        result.status = FAILED
+        result.error = (
+            "empty caption: the output token limit was used up (raise -o max_tokens)"
+            if finish == "MAX_TOKENS"
+            else f"empty caption (finishReason {finish})"
+        )
+    return result
+
+
+@hookimpl
+def register_models(register):
+    for name in LISTED:
+        register(GeminiModel(name))
+
+
+@hookimpl
+def model_for_name(name: str):
+    if re.match(r"^(models/)?(gemini|gemma)-", name):
+        return GeminiModel(name, listed=False)
+    return None
