@@ -121,9 +121,10 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
         summary = caption_paths(paths, model, store, settings, progress_factory=_progress_bar)
     finally:
         store.close()
+    stopped_before_anything = summary.status == "failed" and not summary.captioned
     if as_json:
         print_json(summary.to_dict())
-    else:
+    elif not stopped_before_anything:
         for line in report.summary_lines(summary):
             click.echo(line)
     if summary.status == "interrupted":
@@ -193,12 +194,15 @@ def models(ctx, as_json):
             has_key = bool(config.resolve_key(model))
         except ConfigError as exc:
             raise ConfigFailure(str(exc)) from exc
+        batch = model.batch_discount if prices else None
         rows.append(
             {
                 "model": model.model_id,
                 "provider": model.provider,
                 "input_per_m": prices[0] if prices else None,
                 "output_per_m": prices[1] if prices else None,
+                "batch_input_per_m": round(prices[0] * batch, 6) if batch else None,
+                "batch_output_per_m": round(prices[1] * batch, 6) if batch else None,
                 "key": ("not needed" if not model.needs_key
                         else "set" if has_key else f"missing ({' or '.join(model.key_env)})"),
                 "default": model.model_id == default,
@@ -210,7 +214,8 @@ def models(ctx, as_json):
         return
     for row in rows:
         row["default"] = "*" if row["default"] else ""
-    print_table(rows, ["default", "model", "provider", "input_per_m", "output_per_m", "key"])
+    print_table(rows, ["default", "model", "provider", "input_per_m", "output_per_m", "batch_input_per_m",
+                       "batch_output_per_m", "key"])
 
 
 @models.command("default")

@@ -98,6 +98,7 @@ class Model:
     needs_key     False for local servers
     max_side      preferred long side of the image in pixels
     listed        shown by `captioner models` (unlisted models can still be used)
+    batch_discount  multiplier on the price through the provider's batch API, if it has one
     """
 
     model_id: str = ""
@@ -108,6 +109,7 @@ class Model:
     needs_key: bool = True
     max_side: int = 1024
     listed: bool = True
+    batch_discount: float | None = None
     default_options: ClassVar[dict[str, str]] = {}
 
     def image_tokens(self, width: int, height: int, options: Mapping[str, str]) -> int:

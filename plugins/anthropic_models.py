@@ -47,6 +47,7 @@ def anthropic_image_tokens(width: int, height: int) -> int:
 
 class ClaudeModel(Model):
     provider = "anthropic"
+    batch_discount = 0.5  # the provider's Batch API halves both prices
     key_name = "anthropic"
     key_env = ("ANTHROPIC_API_KEY",)
 

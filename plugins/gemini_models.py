@@ -68,6 +68,7 @@ def thinking_config(model: str) -> dict[str, Any] | None:
 
 class GeminiModel(Model):
     provider = "google"
+    batch_discount = 0.5  # the provider's Batch API halves both prices
     key_name = "gemini"
     key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 

@@ -93,6 +93,7 @@ def patch_tokens(width: int, height: int, multiplier: float) -> int:
 
 class OpenAIChatModel(Model):
     provider = "openai"
+    batch_discount = 0.5  # the provider's Batch API halves both prices
     key_name = "openai"
     key_env = ("OPENAI_API_KEY",)
 
@@ -106,6 +107,7 @@ class OpenAIChatModel(Model):
         self.listed = listed
         if compatible:
             self.provider = "openai-compatible"
+            self.batch_discount = None
 
     def image_tokens(self, width: int, height: int, options: Mapping[str, str]) -> int:
         multiplier = _longest_prefix(self.api_model, PATCH_MULTIPLIERS)

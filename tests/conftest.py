@@ -12,7 +12,7 @@ from click.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parent))
 
 from captioner.cli import cli  # noqa: E402
-from fakes import FakeOpenAI  # noqa: E402
+from fakes import FakeAnthropic, FakeGemini, FakeOllama, FakeOpenAI  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PHOTOS = REPO / "sample_photos"
@@ -60,6 +60,30 @@ def fake_openai(monkeypatch):
     with FakeOpenAI() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+        yield server
+
+
+@pytest.fixture
+def fake_anthropic(monkeypatch):
+    with FakeAnthropic() as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
+        yield server
+
+
+@pytest.fixture
+def fake_gemini(monkeypatch):
+    with FakeGemini() as server:
+        monkeypatch.setenv("GEMINI_BASE_URL", server.url)
+        monkeypatch.setenv("GEMINI_API_KEY", "test-gemini-key-not-real")
+        yield server
+
+
+@pytest.fixture
+def fake_ollama(monkeypatch):
+    with FakeOllama() as server:
+        host, port = server.httpd.server_address[:2]
+        monkeypatch.setenv("OLLAMA_HOST", f"{host}:{port}")
         yield server
 
 

@@ -246,3 +246,127 @@ class FakeOpenAI(FakeServer):
         if self.answer_override is not None:
             reply = self.answer_override(reply)
         return 200, reply, {}
+
+
+def text_tokens(text: str) -> int:
+    return len(text.split()) + 8
+
+
+def image_size(jpeg: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(jpeg)) as im:
+        return im.size
+
+
+class FakeAnthropic(FakeServer):
+    """Anthropic Messages: POST /v1/messages, x-api-key + anthropic-version."""
+
+    def __init__(self, latency: float = 0.0, output_tokens: int = 24) -> None:
+        super().__init__(latency)
+        self.output_tokens = output_tokens
+        self.answer_override: Callable[[dict], dict] | None = None
+
+    def extract_images(self, body: dict) -> list[bytes]:
+        return [
+            base64.b64decode(block["source"]["data"])
+            for message in body.get("messages", [])
+            for block in message.get("content", [])
+            if isinstance(block, dict) and block.get("type") == "image"
+        ]
+
+    def answer(self, path, body, images, headers):
+        if path != "/v1/messages":
+            return 404, {"type": "error", "error": {"type": "not_found_error", "message": "no such path"}}, {}
+        if "anthropic-version" not in {k.lower() for k in headers}:
+            return 400, {"type": "error", "error": {"type": "invalid_request_error",
+                                                    "message": "anthropic-version header is required"}}, {}
+        tokens = 0
+        for jpeg in images:
+            w, h = image_size(jpeg)
+            tokens += math.ceil(w * h / 750)  # the images we send are within Anthropic's size limits
+        text = " ".join(b.get("text", "") for m in body["messages"] for b in m["content"] if b.get("type") == "text")
+        reply = {
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"],
+            "content": [{"type": "text", "text": image_label(images[0]) if images else "no image"}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": tokens + text_tokens(text) + text_tokens(body.get("system", "")),
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                      "output_tokens": self.output_tokens},
+        }
+        if self.answer_override is not None:
+            reply = self.answer_override(reply)
+        return 200, reply, {}
+
+
+class FakeGemini(FakeServer):
+    """Gemini generateContent: POST /v1beta/models/{model}:generateContent, x-goog-api-key."""
+
+    def __init__(self, latency: float = 0.0, output_tokens: int = 22, thoughts_tokens: int = 0) -> None:
+        super().__init__(latency)
+        self.output_tokens = output_tokens
+        self.thoughts_tokens = thoughts_tokens
+        self.answer_override: Callable[[dict], dict] | None = None
+
+    def extract_images(self, body: dict) -> list[bytes]:
+        return [
+            base64.b64decode(part["inline_data"]["data"])
+            for content in body.get("contents", [])
+            for part in content.get("parts", [])
+            if "inline_data" in part
+        ]
+
+    def answer(self, path, body, images, headers):
+        if not (path.startswith("/v1beta/models/") and path.endswith(":generateContent")):
+            return 404, {"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}, {}
+        text = " ".join(p.get("text", "") for c in body["contents"] for p in c["parts"])
+        usage = {"promptTokenCount": 258 * len(images) + text_tokens(text),
+                 "candidatesTokenCount": self.output_tokens,
+                 "totalTokenCount": 0}
+        if self.thoughts_tokens:
+            usage["thoughtsTokenCount"] = self.thoughts_tokens
+        usage["totalTokenCount"] = usage["promptTokenCount"] + self.output_tokens + self.thoughts_tokens
+        reply = {
+            "candidates": [{"content": {"parts": [{"text": image_label(images[0]) if images else "?"}],
+                                        "role": "model"}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": usage,
+            "modelVersion": path.split("/")[-1].split(":")[0],
+        }
+        if self.answer_override is not None:
+            reply = self.answer_override(reply)
+        return 200, reply, {}
+
+
+class FakeOllama(FakeServer):
+    """Ollama: POST /api/chat (non-streamed unless `stream_anyway`), GET /api/tags."""
+
+    def __init__(self, latency: float = 0.0, models: tuple[str, ...] = ("llava:7b",)) -> None:
+        super().__init__(latency)
+        self.models = models
+        self.stream_anyway = False
+
+    def extract_images(self, body: dict) -> list[bytes]:
+        return [base64.b64decode(i) for m in body.get("messages", []) for i in m.get("images", [])]
+
+    def answer_get(self, path):
+        if path == "/api/tags":
+            return 200, {"models": [{"name": n, "model": n} for n in self.models]}, {}
+        return 404, {"error": "not found"}, {}
+
+    def answer(self, path, body, images, headers):
+        if path != "/api/chat":
+            return 404, {"error": "not found"}, {}
+        if body.get("model") not in self.models:
+            return 404, {"error": f"model '{body.get('model')}' not found, try pulling it first"}, {}
+        text = " ".join(m.get("content", "") for m in body["messages"])
+        caption = image_label(images[0]) if images else "?"
+        final = {"model": body["model"], "created_at": "2026-11-22T00:00:00Z",
+                 "message": {"role": "assistant", "content": caption}, "done": True, "done_reason": "stop",
+                 "prompt_eval_count": 576 * len(images) + text_tokens(text), "eval_count": 30}
+        if not self.stream_anyway:
+            return 200, final, {}
+        words = caption.split(" ")
+        lines = [{"model": body["model"], "message": {"role": "assistant", "content": w + " "}, "done": False}
+                 for w in words[:-1]]
+        final["message"] = {"role": "assistant", "content": words[-1]}
+        lines.append(final)
+        ndjson = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        return 200, ndjson, {"Content-Type": "application/x-ndjson"}

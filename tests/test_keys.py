@@ -1,0 +1,67 @@
+"""`captioner keys`: stored 0600, listed by name only, and the lookup order --key > file > env."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from captioner import config
+from captioner.plugins import get_model
+from conftest import rows, run
+
+
+def test_keys_set_from_stdin_creates_a_private_file():
+    result = run("keys", "set", "openai", input="sk-test-from-stdin\n")
+    assert result.exit_code == 0 and "sk-test" not in result.output
+    path = config.keys_path()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert json.loads(path.read_text()) == {"openai": "sk-test-from-stdin"}
+
+
+def test_keys_list_shows_names_never_values():
+    run("keys", "set", "openai", input="sk-test-one")
+    run("keys", "set", "gemini", input="gem-test-two")
+    result = run("keys", "list")
+    assert result.output.split() == ["gemini", "openai"]
+    assert "test" not in result.output
+
+
+def test_keys_path_is_in_the_user_dir(tmp_path):
+    assert run("keys", "path").output.strip() == str(tmp_path / "user" / "keys.json")
+
+
+def test_empty_key_is_refused():
+    result = run("keys", "set", "openai", input="\n")
+    assert result.exit_code == 2
+
+
+def test_lookup_order_is_flag_then_file_then_env(monkeypatch):
+    model = get_model("gpt-4o-mini")
+    monkeypatch.setenv("OPENAI_API_KEY", "from-env")
+    assert config.resolve_key(model) == "from-env"
+    run("keys", "set", "openai", input="from-file")
+    assert config.resolve_key(model) == "from-file"
+    assert config.resolve_key(model, "from-flag") == "from-flag"
+
+
+def test_google_api_key_works_for_gemini(monkeypatch):
+    monkeypatch.setenv("GOOGLE_API_KEY", "google-key")
+    assert config.resolve_key(get_model("gemini-2.5-flash")) == "google-key"
+
+
+def test_stored_key_is_used_and_never_stored(fake_openai, monkeypatch, photos, db):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    run("keys", "set", "openai", input="sk-test-stored-secret-value")
+    result = run("caption", photos / "rocket.jpg", "-m", "gpt-4o-mini", "--db", db)
+    assert result.exit_code == 0
+    assert fake_openai.received[0].headers["Authorization"] == "Bearer sk-test-stored-secret-value"
+    assert b"sk-test-stored-secret-value" not in db.read_bytes()
+    assert all("secret" not in json.dumps(r) for r in rows(db, "SELECT * FROM runs"))
+
+
+def test_models_default_is_remembered():
+    assert run("models", "default").output.strip() == config.DEFAULT_MODEL
+    run("models", "default", "gpt-4.1-nano")
+    assert run("models", "default").output.strip() == "gpt-4.1-nano"
+    assert run("models", "default", "no-such-model").exit_code == 2
