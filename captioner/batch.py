@@ -23,7 +23,7 @@ from . import pricing
 from .media import ImageError, PreparedImage, prepare_image, read_file
 from .models import FAILED, OK, CaptionRequest, CaptionResult, Model, ProviderError
 from .scan import Found, Skipped, scan
-from .store import Store
+from .store import CLAIMED, DONE, Store
 
 DEFAULT_PROMPT = (
     "Describe this photo in one or two factual sentences: the main subject, the setting, "
@@ -216,6 +216,7 @@ class Runner:
         self.fatal: str | None = None
         self.pending_failures: list[tuple[int, str, CaptionResult]] = []
         self.inflight: dict[str, asyncio.Future] = {}
+        self.finished_shas: set[str] = set()  # content handled in this run, even with --force
 
     # -- planning ----------------------------------------------------------
 
@@ -261,6 +262,7 @@ class Runner:
             asyncio.run(self._run_all(todo, summary))
         finally:
             self._flush_pending(summary)
+            self.store.release_all()
             totals = self.store.finish_run(self.run_id, summary.status, len(todo) + summary.skipped_done)
             summary.unpriced = totals["unpriced"]
         return summary
@@ -340,12 +342,16 @@ class Runner:
         # Same content at another path (or being captioned right now): not paid for twice.
         if sha in self.inflight:
             await asyncio.shield(self.inflight[sha])
-        if not s.force and (
-            (self.done and sha in self.done.shas)
-            or self.store.content_done(sha, model_id, s.prompt, retry_failed=s.retry_failed)
-        ):
+        if sha in self.finished_shas or (not s.force and self.done and sha in self.done.shas):
+            outcome = DONE
+        else:
+            outcome = self.store.claim(sha, model_id, s.prompt, retry_failed=s.retry_failed, force=s.force)
+        if outcome != CLAIMED:
             self.store.save_image(found.path, sha, found.size, found.mtime)
-            summary.skipped_done += 1
+            if outcome == DONE:
+                summary.skipped_done += 1
+            else:
+                summary.skipped.append((found.path, "being captioned by another captioner process"))
             self.progress({"advance": 1})
             return
         finished = loop.create_future()
@@ -354,7 +360,9 @@ class Runner:
             await self._caption_new(found, data, sha, client, executor, loop)
         finally:
             del self.inflight[sha]
+            self.finished_shas.add(sha)
             finished.set_result(None)
+            self.store.release(sha, model_id, s.prompt)
 
     async def _caption_new(self, found: Found, data: bytes, sha: str, client, executor, loop) -> None:
         s, summary = self.settings, self.summary

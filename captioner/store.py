@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator
@@ -104,7 +106,22 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             END""",
         ],
     ),
+    (
+        "claims: one process at a time captions a given photo",
+        [
+            """CREATE TABLE claims (
+                sha256 TEXT NOT NULL,
+                model TEXT NOT NULL,
+                prompt TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                claimed_at TEXT NOT NULL,
+                PRIMARY KEY (sha256, model, prompt)
+            )""",
+        ],
+    ),
 ]
+
+CLAIMED, DONE, BUSY = "claimed", "done", "busy"
 
 
 @dataclass
@@ -132,13 +149,11 @@ class Store:
                 conn.execute("PRAGMA query_only = 1")
             else:
                 conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.conn = conn
             self.db = sqlite_utils.Database(conn)
             if not readonly:
-                self._migrate()
+                _retry_while_locked(self._set_up)
             elif not self.db["captions"].exists():
                 raise StoreError(f"{path} is not a captioner database")
         except sqlite3.DatabaseError as exc:
@@ -163,6 +178,14 @@ class Store:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
+
+    def _set_up(self) -> None:
+        # Switching to WAL needs the file to itself and does not wait on the
+        # busy timeout, so only switch once, and let the caller retry.
+        if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self._migrate()
 
     def _migrate(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -204,16 +227,51 @@ class Store:
                 index.by_path[path] = (size, mtime)
         return index
 
-    def content_done(self, sha256: str, model: str, prompt: str, *, retry_failed: bool) -> bool:
-        """Has another process captioned this content since we started?"""
+    def claim(self, sha256: str, model: str, prompt: str, *, retry_failed: bool, force: bool) -> str:
+        """Take the right to caption this content with this model and prompt.
+
+        Returns DONE if a caption already exists (another process may have
+        finished it since we started), BUSY if a live process holds the claim,
+        otherwise CLAIMED. Check and claim happen in one write transaction,
+        so two processes cannot both win.
+        """
         statuses = FINAL_STATUSES if retry_failed else FINAL_STATUSES + ("failed",)
         marks = ",".join("?" * len(statuses))
-        row = self.conn.execute(
-            f"""SELECT 1 FROM captions c JOIN images i ON i.id = c.image_id
-                WHERE i.sha256 = ? AND c.model = ? AND c.prompt = ? AND c.status IN ({marks}) LIMIT 1""",
-            (sha256, model, prompt, *statuses),
-        ).fetchone()
-        return row is not None
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            outcome = CLAIMED
+            if not force and self.conn.execute(
+                f"""SELECT 1 FROM captions c JOIN images i ON i.id = c.image_id
+                    WHERE i.sha256 = ? AND c.model = ? AND c.prompt = ? AND c.status IN ({marks}) LIMIT 1""",
+                (sha256, model, prompt, *statuses),
+            ).fetchone():
+                outcome = DONE
+            else:
+                holder = self.conn.execute(
+                    "SELECT pid FROM claims WHERE sha256 = ? AND model = ? AND prompt = ?", (sha256, model, prompt)
+                ).fetchone()
+                if holder and holder[0] != os.getpid() and _pid_alive(holder[0]):
+                    outcome = BUSY
+                else:
+                    self.conn.execute(
+                        "INSERT OR REPLACE INTO claims (sha256, model, prompt, pid, claimed_at) VALUES (?, ?, ?, ?, ?)",
+                        (sha256, model, prompt, os.getpid(), utcnow()),
+                    )
+            self.conn.execute("COMMIT")
+            return outcome
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def release(self, sha256: str, model: str, prompt: str) -> None:
+        self._write(
+            "DELETE FROM claims WHERE sha256 = ? AND model = ? AND prompt = ? AND pid = ?",
+            (sha256, model, prompt, os.getpid()),
+        )
+
+    def release_all(self) -> None:
+        self._write("DELETE FROM claims WHERE pid = ?", (os.getpid(),))
 
     # -- writing ---------------------------------------------------------
 
@@ -325,6 +383,17 @@ class Store:
 
     def query(self, sql: str, params: Any = ()) -> Iterator[dict[str, Any]]:
         return self.db.query(sql, params)
+
+
+def _retry_while_locked(action, seconds: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05 + random.random() * 0.1)
 
 
 def _pid_alive(pid: int) -> bool:
