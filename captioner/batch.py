@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import httpx
 
 from . import pricing
+from .estimate import prompt_tokens
 from .media import ImageError, PreparedImage, prepare_image, read_file
 from .models import FAILED, OK, CaptionRequest, CaptionResult, Model, ProviderError
 from .scan import Found, Skipped, scan
@@ -32,6 +33,9 @@ DEFAULT_PROMPT = (
 # If this many requests fail in a row before any succeeds, the fault is the
 # run's (wrong URL, bad option), not the images': stop instead of trying them all.
 EARLY_FAILURE_LIMIT = 3
+# The budget reserves more input than estimated, so an estimate that is a bit
+# low (framing tokens, tokenizer differences) cannot take spending over --max-cost.
+BUDGET_INPUT_MARGIN = 1.25
 
 
 @dataclass
@@ -188,11 +192,6 @@ def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | No
     if retry_after is not None:
         return min(retry_after, retry_after_cap)
     return random.uniform(0, min(cap, base * (2**attempt)))
-
-
-def prompt_tokens(text: str) -> int:
-    """A generous guess at text tokens (about 4 characters per token, plus framing)."""
-    return len(text) // 3 + 16
 
 
 class Runner:
@@ -377,7 +376,10 @@ class Runner:
         if self.stopping:
             summary.not_sent += 1
             return
-        reserve = self._worst_case_cost(prepared)
+        estimated = self.model.image_tokens(prepared.sent_width, prepared.sent_height, s.options) + prompt_tokens(
+            s.prompt, s.system
+        )
+        reserve = self._worst_case_cost(estimated)
         if not self.budget.reserve(reserve):
             self.stopping = True
             if summary.status == "completed":
@@ -401,21 +403,19 @@ class Runner:
             return
         result, duration_ms = sent
         if duration_ms is None:
-            cost = self._hold_or_store(image_id, found.path, result)
+            cost = self._hold_or_store(image_id, found.path, result, estimated)
         else:
-            cost = self._store_result(image_id, found.path, result, duration_ms)
+            cost = self._store_result(image_id, found.path, result, duration_ms, estimated)
         self.budget.settle(reserve, cost)
 
-    def _worst_case_cost(self, prepared: PreparedImage) -> float:
+    def _worst_case_cost(self, estimated_input_tokens: int) -> float:
+        """Estimated input with a safety margin, and the full output allowance."""
         if self.settings.max_cost is None:
             return 0.0
-        options = self.settings.options
-        tokens_in = self.model.image_tokens(prepared.sent_width, prepared.sent_height, options)
-        tokens_in += prompt_tokens(self.settings.prompt + (self.settings.system or ""))
         cost = pricing.price_request(
             self.model,
-            int(tokens_in * 1.1),
-            self.model.max_output_tokens(options),
+            int(estimated_input_tokens * BUDGET_INPUT_MARGIN) + 50,
+            self.model.max_output_tokens(self.settings.options),
             user_prices=self.user_prices,
         )
         return cost.cost_usd or 0.0
@@ -464,12 +464,12 @@ class Runner:
 
     # -- recording ---------------------------------------------------------
 
-    def _hold_or_store(self, image_id: int, path: str, result: CaptionResult) -> float | None:
+    def _hold_or_store(self, image_id: int, path: str, result: CaptionResult, estimated: int) -> float | None:
         """A request that got no answer. Until one request has worked, such a
         failure may be the run's fault rather than the image's: hold it back,
         and stop the run if the first few all fail."""
         if self.summary.ok:
-            return self._store_result(image_id, path, result, None)
+            return self._store_result(image_id, path, result, None, estimated)
         self.pending_failures.append((image_id, path, result))
         if len(self.pending_failures) >= EARLY_FAILURE_LIMIT:
             self.pending_failures.clear()
@@ -478,7 +478,8 @@ class Runner:
             )
         return None
 
-    def _store_result(self, image_id: int, path: str, result: CaptionResult, duration_ms: int | None) -> float | None:
+    def _store_result(self, image_id: int, path: str, result: CaptionResult, duration_ms: int | None,
+                      estimated: int | None = None) -> float | None:
         summary = self.summary
         cost = None
         price_in = price_out = None
@@ -505,6 +506,7 @@ class Runner:
             price_in_per_m=price_in,
             price_out_per_m=price_out,
             duration_ms=duration_ms,
+            estimated_input_tokens=estimated,
         )
         if result.status == OK:
             summary.ok += 1

@@ -9,7 +9,9 @@ from typing import Any, Callable
 
 import click
 
-from . import config, pricing, report
+from . import config, estimate as estimating, export as exporting, pricing, report
+from .compare import compare as compare_models
+from .gallery import render
 from .batch import DEFAULT_PROMPT, RunSettings, caption_paths
 from .config import ConfigError
 from .plugins import UnknownModel, discovered_models, get_model, listed_models
@@ -47,11 +49,19 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     if not rows:
         click.echo("(nothing yet)")
         return
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    cells = [[_display(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     for row in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _display(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
 
 
 def db_option(fn: Callable) -> Callable:
@@ -176,6 +186,10 @@ def cost(db, by, as_json):
         "run": ["run", "model", "status", "started_at"],
         "day": ["day"],
     }[by] + ["captions", "ok", "failed", "input_tokens", "output_tokens", "cost_usd", "cost_per_1000_images"]
+    if by == "model":
+        columns += ["estimated_input_per_image", "billed_input_per_image", "estimate_error_pct"]
+    if any(row["unpriced"] for row in rows):
+        columns.append("unpriced")
     print_table(rows, columns)
 
 
@@ -270,3 +284,125 @@ def keys_list():
 def keys_path():
     """Where keys are stored."""
     click.echo(str(config.keys_path()))
+
+
+def _models_and_keys(names: tuple[str, ...], key: str | None = None, need_keys: bool = False):
+    models = [resolve_model(n) for n in (names or (config.get_default_model(),))]
+    keys = {}
+    try:
+        for model in models:
+            keys[model.model_id] = config.resolve_key(model, key)
+            if need_keys and model.needs_key and not keys[model.model_id]:
+                raise ConfigFailure(config.missing_key_message(model))
+    except ConfigError as exc:
+        raise ConfigFailure(str(exc)) from exc
+    return models, keys
+
+
+def _check_paths(paths) -> None:
+    for path in paths:
+        if not os.path.exists(path):
+            raise ConfigFailure(f"no such file or folder: {path}")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-m", "--model", "model_names", multiple=True, help="Model id (repeatable)")
+@click.option("-p", "--prompt", default=DEFAULT_PROMPT, show_default="the default caption prompt")
+@click.option("-s", "--system", help="System prompt")
+@click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE")
+@click.option("--output-tokens", type=click.IntRange(0), default=estimating.DEFAULT_OUTPUT_TOKENS,
+              show_default=True, help="Assumed length of each caption")
+@click.option("--max-side", type=click.IntRange(64, 8192), metavar="PX")
+@click.option("--include", multiple=True, metavar="GLOB")
+@click.option("--exclude", multiple=True, metavar="GLOB")
+@click.option("--json", "as_json", is_flag=True)
+def estimate(paths, model_names, prompt, system, options, output_tokens, max_side, include, exclude, as_json):
+    """Predict the cost of captioning PATHS, offline (reads image headers only)."""
+    _check_paths(paths)
+    models, _ = _models_and_keys(model_names)
+    try:
+        results = estimating.estimate(paths, models, prompt=prompt, system=system, options=dict(options),
+                                      output_tokens=output_tokens, max_side=max_side, include=include,
+                                      exclude=exclude)
+    except ConfigError as exc:
+        raise ConfigFailure(str(exc)) from exc
+    rows = [r.to_dict() for r in results]
+    if as_json:
+        print_json(rows)
+        return
+    print_table(rows, ["model", "images", "input_tokens_per_image", "input_tokens", "output_tokens", "cost_usd",
+                       "cost_per_1000_images", "batch_cost_usd"])
+
+
+COMPARE_COLUMNS = ["model", "ok", "failed", "mean_input_tokens", "mean_output_tokens", "usd_per_image",
+                   "usd_per_1000", "projected_usd_all_photos", "median_latency_ms"]
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-m", "--model", "model_names", multiple=True, required=True, help="Model id (at least two)")
+@click.option("-p", "--prompt", default=DEFAULT_PROMPT, show_default="the default caption prompt")
+@click.option("-s", "--system", help="System prompt")
+@click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE")
+@click.option("--sample", "sample_size", type=click.IntRange(1), default=20, show_default=True)
+@db_option
+@click.option("--concurrency", type=click.IntRange(1, 512), default=8, show_default=True)
+@click.option("--include", multiple=True, metavar="GLOB")
+@click.option("--exclude", multiple=True, metavar="GLOB")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Write a page with thumbnails and the captions side by side")
+@click.option("--json", "as_json", is_flag=True)
+def compare(paths, model_names, prompt, system, options, sample_size, db, concurrency, include, exclude,
+            html_file, as_json):
+    """Caption the same sample of photos with several models and compare cost and words."""
+    _check_paths(paths)
+    if len(set(model_names)) < 2:
+        raise ConfigFailure("compare needs at least two different models (-m A -m B)")
+    models, keys = _models_and_keys(model_names, need_keys=True)
+    settings = RunSettings(prompt=prompt, system=system, options=dict(options), concurrency=concurrency,
+                           include=include, exclude=exclude)
+    store = open_store(db or config.default_db())
+    try:
+        result, summaries = compare_models(paths, models, keys, store, settings, sample_size,
+                                           progress_factory=None if as_json else _progress_bar)
+    finally:
+        store.close()
+    for summary in summaries:
+        if summary.status == "failed":
+            raise ConfigFailure(summary.message or f"{summary.model} failed")
+    if html_file:
+        from .gallery import GalleryItem
+
+        items = [GalleryItem(path, result.captions[path]) for path in result.paths]
+        page = render(f"captioner compare: {len(result.paths)} of {result.total_photos} photos", items,
+                      [m.model_id for m in models], result.rows, COMPARE_COLUMNS)
+        with open(html_file, "w", encoding="utf-8") as fh:
+            fh.write(page)
+    if as_json:
+        print_json({"sample": len(result.paths), "photos": result.total_photos, "models": result.rows})
+        return
+    click.echo(f"{len(result.paths)} sample photos of {result.total_photos}")
+    print_table(result.rows, COMPARE_COLUMNS)
+    if html_file:
+        click.echo(f"wrote {html_file}")
+
+
+@cli.command()
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["html"]), required=True)
+@click.option("-m", "--model", "model_name", help="Only captions by this model (default: newest per photo)")
+@click.option("--out", type=click.Path(dir_okay=False), metavar="FILE", help="Output file [default: stdout]")
+def export(db, fmt, model_name, out):
+    """Export stored captions."""
+    store = open_store(db or config.default_db(), readonly=True)
+    try:
+        page, count = exporting.html_gallery(store, model_name)
+    finally:
+        store.close()
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        click.echo(f"wrote {count} photos to {out}", err=True)
+    else:
+        click.echo(page)

@@ -22,10 +22,13 @@ import pillow_heif
 pillow_heif.register_heif_opener()
 
 JPEG_QUALITY = 85
+# 216 KB of JPEG is 288 KB of base64: with the JSON around it, a request stays under 300 KB.
+MAX_JPEG_BYTES = 216_000
 # libheif applies the HEIF rotation itself; applying EXIF orientation again would double-rotate.
 SELF_ORIENTED_FORMATS = {"HEIF", "AVIF"}
 ANIMATED_FORMATS = {"GIF", "WEBP", "PNG"}
 READ_CHUNK = 1 << 20
+DRAFT_TOLERANCE = 0.95
 
 
 class ImageError(Exception):
@@ -94,17 +97,15 @@ def _prepare(im: Image.Image, max_side: int) -> PreparedImage:
         picture = _contact_sheet(im, max_side)
     else:
         if fmt in ("JPEG", "MPO"):
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: most of the prepare cost saved.
-            im.draft(im.mode, _fit(im.size, max_side))
+            im.draft(im.mode, _draft_size(im.size, max_side))
         im.load()
         if orientation != 1:
             im = ImageOps.exif_transpose(im)
         picture = to_rgb(im)
     picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    out = io.BytesIO()
-    picture.save(out, "JPEG", quality=JPEG_QUALITY)
+    jpeg = encode_jpeg(picture)
     return PreparedImage(
-        jpeg=out.getvalue(),
+        jpeg=jpeg,
         width=width,
         height=height,
         sent_width=picture.width,
@@ -114,10 +115,75 @@ def _prepare(im: Image.Image, max_side: int) -> PreparedImage:
     )
 
 
-def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+def header_facts(path: str) -> tuple[int, int, str, int]:
+    """Displayed width, height, format and frame count from the file header,
+    without decoding pixels (for estimates over whole libraries)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                fmt = im.format or "unknown"
+                orientation = 1 if fmt in SELF_ORIENTED_FORMATS else _orientation(im)
+                width, height = im.size
+                frames = getattr(im, "n_frames", 1) if fmt in ANIMATED_FORMATS else 1
+    except Image.DecompressionBombError as exc:
+        raise ImageError("image too large to decode safely") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"not a readable image: {exc}") from exc
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return width, height, fmt, frames
+
+
+def sent_size(width: int, height: int, fmt: str, frames: int, max_side: int) -> tuple[int, int]:
+    """The pixel size `prepare_image` sends for an image of this displayed size,
+    computed the way Pillow's draft and thumbnail compute it."""
+    if frames > 1:
+        cell = min(max_side // 2, max(width, height))
+        count = min(4, frames)
+        return (cell if count == 1 else 2 * cell), math.ceil(count / 2 if count > 1 else 1) * cell
+    if fmt in ("JPEG", "MPO"):
+        draft_w, draft_h = _draft_size((width, height), max_side)
+        scale = min(width // draft_w, height // draft_h)
+        scale = next(s for s in (8, 4, 2, 1) if scale >= s)
+        width, height = -(-width // scale), -(-height // scale)
+    return _thumbnail_size(width, height, max_side)
+
+
+def _thumbnail_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """Pillow's `Image.thumbnail` size rule for a square bounding box."""
+    if max_side >= width and max_side >= height:
+        return width, height
+    aspect = width / height
+    x = y = max_side
+    if x / y >= aspect:
+        x = max(min(math.floor(y * aspect), math.ceil(y * aspect), key=lambda n: abs(aspect - n / y)), 1)
+    else:
+        y = max(min(math.floor(x / aspect), math.ceil(x / aspect),
+                    key=lambda n: 0 if n == 0 else abs(aspect - x / n)), 1)
+    return x, y
+
+
+def encode_jpeg(picture: Image.Image) -> bytes:
+    """JPEG at quality 85, stepping quality down for the rare photo (fine
+    noise, foliage) that would still make the request over ~300 KB in base64."""
+    for quality in (JPEG_QUALITY, 75, 65, 55, 45):
+        out = io.BytesIO()
+        picture.save(out, "JPEG", quality=quality)
+        if out.tell() <= MAX_JPEG_BYTES:
+            break
+    return out.getvalue()
+
+
+def _draft_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The size to ask libjpeg for: it decodes at 1/2, 1/4 or 1/8 scale for a
+    fraction of the cost. We accept a result up to 5% under max_side, so the
+    common 4032x3024 phone photo decodes at 1/4 (1008 px) instead of 1/2."""
     w, h = size
-    scale = min(1.0, max_side / max(w, h))
-    return max(1, round(w * scale)), max(1, round(h * scale))
+    for scale in (8, 4, 2):
+        if max(w, h) / scale >= DRAFT_TOLERANCE * max_side:
+            return max(1, w // scale), max(1, h // scale)
+    return size
 
 
 def _orientation(im: Image.Image) -> int:

@@ -55,16 +55,24 @@ def cost_rows(store: Store, by: str) -> list[dict[str, Any]]:
                sum(c.status IN ('refused', 'blocked')) AS refused_or_blocked,
                coalesce(sum(c.input_tokens), 0) AS input_tokens,
                coalesce(sum(c.output_tokens), 0) AS output_tokens,
-               round(coalesce(sum(c.cost_usd), 0), 8) AS cost_usd,
-               sum(c.cost_usd IS NULL AND c.input_tokens IS NOT NULL) AS unpriced
+               round(sum(c.cost_usd), 8) AS cost_usd,
+               sum(c.cost_usd IS NULL AND c.input_tokens IS NOT NULL) AS unpriced,
+               avg(CASE WHEN c.input_tokens IS NOT NULL THEN c.estimated_input_tokens END) AS est_in,
+               avg(CASE WHEN c.estimated_input_tokens IS NOT NULL THEN c.input_tokens END) AS billed_in
         FROM captions c
         GROUP BY 1 ORDER BY 1
     """
     rows = list(store.query(sql))
     for row in rows:
         priced = row["captions"] - row["failed"] if row["captions"] else 0
-        row["cost_per_1000_images"] = round(row["cost_usd"] / priced * 1000, 6) if priced else None
+        cost = row["cost_usd"]
+        row["cost_per_1000_images"] = round(cost / priced * 1000, 6) if priced and cost is not None else None
         row["mean_input_tokens"] = round(row["input_tokens"] / priced, 1) if priced else None
+        # How far `captioner estimate` was from the bill, so users learn how far to trust it.
+        est, billed = row.pop("est_in"), row.pop("billed_in")
+        row["estimated_input_per_image"] = round(est, 1) if est is not None else None
+        row["billed_input_per_image"] = round(billed, 1) if billed is not None else None
+        row["estimate_error_pct"] = round((est - billed) / billed * 100, 1) if est is not None and billed else None
     if by == "run":
         runs = {r["id"]: r for r in store.query("SELECT id, model, status, started_at FROM runs")}
         for row in rows:

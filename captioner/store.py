@@ -119,6 +119,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        "captions.estimated_input_tokens: what `estimate` predicted, to check it against the bill",
+        ["ALTER TABLE captions ADD COLUMN estimated_input_tokens INTEGER"],
+    ),
 ]
 
 CLAIMED, DONE, BUSY = "claimed", "done", "busy"
@@ -313,6 +317,7 @@ class Store:
         price_in_per_m: float | None = None,
         price_out_per_m: float | None = None,
         duration_ms: int | None = None,
+        estimated_input_tokens: int | None = None,
     ) -> int:
         row = {
             "image_id": image_id,
@@ -331,6 +336,7 @@ class Store:
             "duration_ms": duration_ms,
             "created_at": utcnow(),
             "usage_json": json.dumps(result.usage) if result.usage is not None else None,
+            "estimated_input_tokens": estimated_input_tokens,
         }
         columns = ", ".join(row)
         marks = ", ".join("?" * len(row))

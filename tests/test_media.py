@@ -102,3 +102,11 @@ def test_exif_facts(corpus):
 def test_nan_or_garbage_gps_is_none(corpus, name):
     exif = prepared(corpus / name).exif
     assert exif.gps_lat is None and exif.gps_lon is None
+
+
+def test_noisy_photos_stay_under_the_upload_cap(corpus):
+    from captioner.media import MAX_JPEG_BYTES
+
+    result = prepared(corpus / "bad" / "cmyk_photo.jpg")  # fine grass texture: 320 KB at quality 85
+    assert len(result.jpeg) <= MAX_JPEG_BYTES
+    assert (result.sent_width, result.sent_height) == (1024, 768)

@@ -1,0 +1,89 @@
+"""Compare models on the same deterministic sample of photos: what each wrote,
+what each cost, and what each would cost for the whole folder."""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+from .batch import RunSettings, RunSummary, caption_paths
+from .models import Model
+from .scan import Found, scan
+from .store import Store
+
+
+def sample(roots: Sequence[str], n: int, include: Sequence[str] = (), exclude: Sequence[str] = ()
+           ) -> tuple[list[str], int]:
+    """N photos chosen by a hash of their path (the same N every time), and how many there are in all."""
+    found = [item.path for item in scan(roots, include, exclude) if isinstance(item, Found)]
+    chosen = sorted(found, key=lambda p: hashlib.sha256(p.encode("utf-8")).hexdigest())[:n]
+    return sorted(chosen), len(found)
+
+
+@dataclass
+class Comparison:
+    rows: list[dict[str, Any]]
+    captions: dict[str, dict[str, tuple[str, str | None]]]  # path -> model -> (status, text)
+    paths: list[str]
+    total_photos: int
+
+
+def latest_captions(store: Store, paths: Sequence[str], model: str, prompt: str) -> dict[str, dict[str, Any]]:
+    """The newest caption per path for this model and prompt (through content hash,
+    so a copy of a captioned photo shows its caption)."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        row = next(iter(store.query(
+            """SELECT c.* FROM images i JOIN images j ON j.sha256 = i.sha256
+               JOIN captions c ON c.image_id = j.id
+               WHERE i.path = ? AND c.model = ? AND c.prompt = ?
+               ORDER BY c.id DESC LIMIT 1""",
+            (path, model, prompt),
+        )), None)
+        if row is not None:
+            found[path] = row
+    return found
+
+
+def model_row(model: str, rows: Sequence[dict[str, Any]], total_photos: int) -> dict[str, Any]:
+    answered = [r for r in rows if r["status"] != "failed"]
+    priced = [r["cost_usd"] for r in answered if r["cost_usd"] is not None]
+    per_image = sum(priced) / len(priced) if priced and len(priced) == len(answered) else None
+    durations = [r["duration_ms"] for r in answered if r["duration_ms"] is not None]
+    return {
+        "model": model,
+        "ok": sum(r["status"] == "ok" for r in rows),
+        "failed": sum(r["status"] != "ok" for r in rows),
+        "mean_input_tokens": round(statistics.mean(r["input_tokens"] for r in answered), 1) if answered else None,
+        "mean_output_tokens": round(statistics.mean(r["output_tokens"] for r in answered), 1) if answered else None,
+        "usd_per_image": per_image,
+        "usd_per_1000": per_image * 1000 if per_image is not None else None,
+        "projected_usd_all_photos": per_image * total_photos if per_image is not None else None,
+        "median_latency_ms": statistics.median(durations) if durations else None,
+    }
+
+
+def compare(
+    roots: Sequence[str],
+    models: Sequence[Model],
+    keys: dict[str, str | None],
+    store: Store,
+    settings: RunSettings,
+    n: int,
+    progress_factory: Callable[[int], Callable[[dict[str, Any]], None]] | None = None,
+) -> tuple[Comparison, list[RunSummary]]:
+    paths, total = sample(roots, n, settings.include, settings.exclude)
+    summaries = []
+    for model in models:
+        # Captions already in the database are reused; only missing ones are sent.
+        run_settings = replace(settings, key=keys.get(model.model_id), include=(), exclude=())
+        summaries.append(caption_paths(paths, model, store, run_settings, progress_factory))
+    table, captions = [], {p: {} for p in paths}
+    for model in models:
+        found = latest_captions(store, paths, model.model_id, settings.prompt)
+        table.append(model_row(model.model_id, list(found.values()), total))
+        for path, row in found.items():
+            captions[path][model.model_id] = (row["status"], row["caption"] if row["status"] == "ok" else row["error"])
+    return Comparison(table, captions, paths, total), summaries

@@ -1,0 +1,113 @@
+"""What captioning would cost, before anything is sent.
+
+For every image: the size `prepare` would send (from the file header only, no
+decode), the provider's published image-token rule for that size (each
+plugin's `Model.image_tokens`), the prompt, and an assumed answer length.
+Priced per image with the same price lookup as real runs.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from . import pricing
+from .media import ImageError, header_facts, sent_size
+from .models import Model
+from .scan import Found, scan
+
+DEFAULT_OUTPUT_TOKENS = 100
+
+
+def prompt_tokens(*texts: str | None) -> int:
+    """Text tokens, about four characters each (the usual rule of thumb for English)."""
+    return sum(math.ceil(len(t) / 4) for t in texts if t)
+
+
+@dataclass
+class ModelEstimate:
+    model: str
+    images: int = 0
+    unreadable: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = 0.0
+    batch_cost_usd: float | None = None
+    sizes: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        per_image = self.cost_usd / self.images if self.images and self.cost_usd is not None else None
+        return {
+            "model": self.model,
+            "images": self.images,
+            "unreadable": self.unreadable,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "input_tokens_per_image": round(self.input_tokens / self.images, 1) if self.images else None,
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
+            "cost_per_1000_images": None if per_image is None else round(per_image * 1000, 6),
+            "batch_cost_usd": None if self.batch_cost_usd is None else round(self.batch_cost_usd, 8),
+        }
+
+
+def image_headers(paths: Iterable[Found], threads: int = 8) -> list[tuple[int, int, str, int] | None]:
+    """Header facts for every file, None where unreadable (threads hide file-system latency)."""
+
+    def facts(found: Found):
+        try:
+            return header_facts(found.path)
+        except ImageError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(facts, paths))
+
+
+def input_tokens_for(model: Model, width: int, height: int, fmt: str, frames: int, max_side: int | None,
+                     options: dict[str, str], prompt: str, system: str | None) -> int:
+    """Input tokens one image would be billed: image rule on the sent size, plus the text."""
+    w, h = sent_size(width, height, fmt, frames, max_side or model.max_side)
+    return model.image_tokens(w, h, options) + prompt_tokens(prompt, system)
+
+
+def estimate(
+    roots: Sequence[str],
+    models: Sequence[Model],
+    *,
+    prompt: str,
+    system: str | None = None,
+    options: dict[str, str] | None = None,
+    output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+    max_side: int | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> list[ModelEstimate]:
+    options = options or {}
+    found = [item for item in scan(roots, include, exclude) if isinstance(item, Found)]
+    headers = image_headers(found)
+    user_prices = pricing.load_user_prices()
+    results = []
+    for model in models:
+        result = ModelEstimate(model.model_id)
+        price_cache: dict[int, float | None] = {}
+        for facts in headers:
+            if facts is None:
+                result.unreadable += 1
+                continue
+            tokens = input_tokens_for(model, *facts, max_side, options, prompt, system)
+            result.sizes[facts[:2]] = result.sizes.get(facts[:2], 0) + 1
+            result.images += 1
+            result.input_tokens += tokens
+            result.output_tokens += output_tokens
+            if tokens not in price_cache:  # priced per image: tiers apply per request
+                price_cache[tokens] = pricing.price_request(
+                    model, tokens, output_tokens, user_prices=user_prices
+                ).cost_usd
+            cost = price_cache[tokens]
+            result.cost_usd = None if cost is None or result.cost_usd is None else result.cost_usd + cost
+        if result.cost_usd is not None and model.batch_discount:
+            result.batch_cost_usd = result.cost_usd * model.batch_discount
+        results.append(result)
+    return results
