@@ -18,7 +18,7 @@ THUMB_SIDE = 320
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem; color: #222; }
-table.costs { border-collapse: collapse; margin-bottom: 2rem; }
+table.costs { border-collapse: collapse; margin-bottom: 2rem; font-size: 13px; }
 table.costs th, table.costs td { border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }
 table.costs th:first-child, table.costs td:first-child { text-align: left; }
 .photo { display: grid; grid-template-columns: 340px 1fr; gap: 1rem; border-top: 1px solid #ddd; padding: 1rem 0; }
@@ -47,7 +47,7 @@ def thumbnail_uri(path: str) -> str | None:
 
 def _cell(value: Any) -> str:
     if value is None:
-        return ""
+        return "—"
     if isinstance(value, float):
         return f"{value:.6g}"
     return html.escape(str(value))
