@@ -11,6 +11,7 @@ import click
 
 from . import config, estimate as estimating, export as exporting, pricing, report
 from .compare import compare as compare_models
+from .search import MARK_END, MARK_START, QueryError, run_sql, search as search_captions
 from .gallery import render
 from .batch import DEFAULT_PROMPT, RunSettings, caption_paths
 from .config import ConfigError
@@ -390,19 +391,98 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
 
 @cli.command()
 @db_option
-@click.option("--format", "fmt", type=click.Choice(["html"]), required=True)
-@click.option("-m", "--model", "model_name", help="Only captions by this model (default: newest per photo)")
-@click.option("--out", type=click.Path(dir_okay=False), metavar="FILE", help="Output file [default: stdout]")
-def export(db, fmt, model_name, out):
-    """Export stored captions."""
+@click.option("--format", "fmt", type=click.Choice(["xmp", "txt", "csv", "jsonl", "html"]), required=True)
+@click.option("-m", "--model", "model_name", help="Only captions by this model (default: the newest per photo)")
+@click.option("--out", metavar="DIR|FILE",
+              help="xmp/txt: folder for the sidecars [default: next to each photo]; csv/jsonl/html: file [default: stdout]")
+@click.option("--sidecar-name", type=click.Choice(["append", "replace"]), default="append", show_default=True,
+              help="xmp: IMG_1234.jpg.xmp (append) or IMG_1234.xmp (replace)")
+def export(db, fmt, model_name, out, sidecar_name):
+    """Export stored captions: XMP sidecars photo apps read, .txt sidecars, CSV, JSON Lines or an HTML gallery."""
     store = open_store(db or config.default_db(), readonly=True)
     try:
-        page, count = exporting.html_gallery(store, model_name)
+        if fmt == "html":
+            text, count = exporting.html_gallery(store, model_name)
+        else:
+            rows = list(exporting.newest_captions(store, model_name))
+            count = len(rows)
     finally:
         store.close()
+    if fmt in ("xmp", "txt"):
+        report = (exporting.write_xmp(rows, out, sidecar_name == "replace") if fmt == "xmp"
+                  else exporting.write_txt(rows, out))
+        for path, reason in report.skipped:
+            click.echo(f"skipped {path}: {reason}", err=True)
+        click.echo(f"{len(report.written)} written, {len(report.merged)} updated, {len(report.skipped)} skipped")
+        if report.skipped:
+            sys.exit(EXIT_SOME_FAILED)
+        return
+    if fmt in ("csv", "jsonl"):
+        text = exporting.table_text(rows, fmt)
     if out:
-        with open(out, "w", encoding="utf-8") as fh:
-            fh.write(page)
+        with open(out, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
         click.echo(f"wrote {count} photos to {out}", err=True)
     else:
-        click.echo(page)
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("query")
+@db_option
+@click.option("-m", "--model", "model_name", help="Only captions by this model")
+@click.option("--since", metavar="DATE", help="Taken on or after (YYYY-MM-DD)")
+@click.option("--until", metavar="DATE", help="Taken on or before (YYYY-MM-DD)")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def search(query, db, model_name, since, until, limit, as_json):
+    """Find photos by words in their captions (full-text, "butterflies" finds "butterfly")."""
+    store = open_store(db or config.default_db(), readonly=True)
+    try:
+        results = search_captions(store, query, model=model_name, since=since, until=until, limit=limit)
+    except QueryError as exc:
+        raise ConfigFailure(str(exc)) from exc
+    finally:
+        store.close()
+    if as_json:
+        for row in results:
+            row["snippet"] = row["snippet"].replace(MARK_START, "**").replace(MARK_END, "**")
+        print_json(results)
+        return
+    if not results:
+        click.echo("no matches")
+    for row in results:
+        snippet = row["snippet"]
+        highlighted = "".join(
+            click.style(part, bold=True) if i % 2 else part
+            for i, part in enumerate(snippet.replace(MARK_END, MARK_START).split(MARK_START))
+        )
+        taken = (row["taken_at"] or "date unknown")[:10]
+        click.echo(f"{row['path']}  ({row['model']}, {taken})")
+        click.echo(f"    {highlighted}")
+
+
+@cli.command()
+@click.argument("query")
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Rows as a JSON list of objects")
+@click.option("--csv", "as_csv", is_flag=True, help="Rows as CSV")
+def sql(query, db, as_json, as_csv):
+    """Run a read-only SQL query (tables: images, runs, captions; view: photo_captions)."""
+    store = open_store(db or config.default_db(), readonly=True)
+    try:
+        columns, records = run_sql(store, query)
+    except QueryError as exc:
+        raise ConfigFailure(str(exc)) from exc
+    finally:
+        store.close()
+    if as_json:
+        print_json([dict(zip(columns, r)) for r in records])
+    elif as_csv:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(records)
+    else:
+        print_table([dict(zip(columns, r)) for r in records], columns)

@@ -1,7 +1,14 @@
-"""Exports of stored captions for people and other tools."""
+"""Exports of stored captions for people and other tools: XMP sidecars that
+photo apps read, .txt sidecars for training sets, CSV, JSON Lines, HTML."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .gallery import GalleryItem, render
@@ -31,3 +38,149 @@ def html_gallery(store: Store, model: str | None = None) -> tuple[str, int]:
     models = sorted({r["model"] for r in rows})
     page = render(f"captioner gallery ({len(items)} photos)", items, models)
     return page, len(items)
+
+
+# -- sidecars ------------------------------------------------------------------
+
+NS = {
+    "x": "adobe:ns:meta/",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "dc": "http://purl.org/dc/elements/1.1/",
+    "tiff": "http://ns.adobe.com/tiff/1.0/",
+    "exif": "http://ns.adobe.com/exif/1.0/",
+    "xml": "http://www.w3.org/XML/1998/namespace",
+}
+XPACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+XPACKET_END = '\n<?xpacket end="w"?>\n'
+# Fields our caption goes into: dc:description is what Immich, digiKam, darktable,
+# Lightroom and exiftool read as the description; tiff:ImageDescription mirrors
+# the EXIF ImageDescription tag for tools that read that one.
+CAPTION_FIELDS = ("{%s}description" % NS["dc"], "{%s}ImageDescription" % NS["tiff"])
+TABLE_FIELDS = ["path", "model", "caption", "input_tokens", "output_tokens", "cost_usd", "taken_at"]
+
+
+@dataclass
+class ExportReport:
+    written: list[str] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def sidecar_path(image_path: str, suffix: str, out_dir: str | None, replace_extension: bool) -> str:
+    folder, name = os.path.split(image_path)
+    base = os.path.splitext(name)[0] if replace_extension else name
+    return os.path.join(out_dir or folder, base + suffix)
+
+
+def _plan(rows: list[dict[str, Any]], suffix: str, out_dir: str | None, replace_extension: bool,
+          report: ExportReport) -> list[tuple[dict[str, Any], str]]:
+    """Where each sidecar goes; two photos that would share one file are both reported, neither written."""
+    targets: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        targets.setdefault(sidecar_path(row["path"], suffix, out_dir, replace_extension), []).append(row)
+    planned = []
+    for target, owners in targets.items():
+        if len(owners) > 1:
+            names = ", ".join(os.path.basename(o["path"]) for o in owners)
+            for owner in owners:
+                report.skipped.append((owner["path"], f"{os.path.basename(target)} would be shared by {names}"))
+        else:
+            planned.append((owners[0], target))
+    return planned
+
+
+def _lang_alt(tag: str, text: str) -> ET.Element:
+    element = ET.Element(tag)
+    alt = ET.SubElement(element, "{%s}Alt" % NS["rdf"])
+    item = ET.SubElement(alt, "{%s}li" % NS["rdf"])
+    item.set("{%s}lang" % NS["xml"], "x-default")
+    item.text = text
+    return element
+
+
+def new_xmp(caption: str) -> str:
+    root = ET.Element("{%s}xmpmeta" % NS["x"])
+    root.set("{%s}xmptk" % NS["x"], "captioner")
+    rdf = ET.SubElement(root, "{%s}RDF" % NS["rdf"])
+    description = ET.SubElement(rdf, "{%s}Description" % NS["rdf"])
+    description.set("{%s}about" % NS["rdf"], "")
+    for tag in CAPTION_FIELDS:
+        description.append(_lang_alt(tag, caption))
+    return _serialize(root, {})
+
+
+def merge_xmp(existing: str, caption: str) -> str:
+    """Put the caption into an existing sidecar, keeping every other field and prefix."""
+    prefixes = {prefix: uri for _, (prefix, uri) in ET.iterparse(io.StringIO(existing), events=("start-ns",))}
+    root = ET.fromstring(existing.encode("utf-8"))
+    rdf = root if root.tag == "{%s}RDF" % NS["rdf"] else root.find("{%s}RDF" % NS["rdf"])
+    if rdf is None:
+        raise ValueError("no rdf:RDF element")
+    descriptions = rdf.findall("{%s}Description" % NS["rdf"])
+    for description in descriptions:
+        for tag in CAPTION_FIELDS:
+            for old in description.findall(tag):
+                description.remove(old)
+            description.attrib.pop(tag, None)
+    target = descriptions[0] if descriptions else ET.SubElement(rdf, "{%s}Description" % NS["rdf"])
+    target.attrib.setdefault("{%s}about" % NS["rdf"], "")
+    for tag in CAPTION_FIELDS:
+        target.append(_lang_alt(tag, caption))
+    return _serialize(root, prefixes)
+
+
+def _serialize(root: ET.Element, prefixes: dict[str, str]) -> str:
+    for prefix, uri in {**{k: v for k, v in NS.items() if k != "xml"}, **prefixes}.items():
+        if prefix and prefix != "xml":
+            ET.register_namespace(prefix, uri)
+    ET.indent(root, space=" ")
+    return XPACKET_BEGIN + ET.tostring(root, encoding="unicode") + XPACKET_END
+
+
+def write_xmp(rows: list[dict[str, Any]], out_dir: str | None, replace_extension: bool) -> ExportReport:
+    report = ExportReport()
+    for row, target in _plan(rows, ".xmp", out_dir, replace_extension, report):
+        if os.path.exists(target):
+            try:
+                with open(target, encoding="utf-8") as fh:
+                    text = merge_xmp(fh.read(), row["caption"])
+            except (ET.ParseError, ValueError, UnicodeDecodeError) as exc:
+                report.skipped.append((row["path"], f"existing {os.path.basename(target)} is not readable XMP"
+                                                    f" ({exc}); left untouched"))
+                continue
+            report.merged.append(target)
+        else:
+            text = new_xmp(row["caption"])
+            report.written.append(target)
+        _atomic_write(target, text)
+    return report
+
+
+def write_txt(rows: list[dict[str, Any]], out_dir: str | None) -> ExportReport:
+    """Training-set sidecars: the caption alone in a .txt with the image's stem."""
+    report = ExportReport()
+    for row, target in _plan(rows, ".txt", out_dir, True, report):
+        (report.merged if os.path.exists(target) else report.written).append(target)
+        _atomic_write(target, row["caption"].strip() + "\n")
+    return report
+
+
+def _atomic_write(target: str, text: str) -> None:
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    temporary = target + ".captioner-tmp"
+    with open(temporary, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(temporary, target)
+
+
+def table_text(rows: list[dict[str, Any]], fmt: str) -> str:
+    """CSV or JSON Lines of the newest captions."""
+    out = io.StringIO()
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=TABLE_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        for row in rows:
+            out.write(json.dumps({k: row[k] for k in TABLE_FIELDS}, ensure_ascii=False) + "\n")
+    return out.getvalue()

@@ -93,7 +93,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX idx_captions_image ON captions (image_id, model, prompt)",
             "CREATE INDEX idx_captions_run ON captions (run_id)",
             # Same shape sqlite-utils' enable_fts() makes, so Datasette finds it.
-            "CREATE VIRTUAL TABLE captions_fts USING FTS5 (caption, tokenize='porter', content='captions')",
+            """CREATE VIRTUAL TABLE captions_fts USING FTS5 (caption, tokenize='porter', content="captions")""",
             """CREATE TRIGGER captions_ai AFTER INSERT ON captions BEGIN
                 INSERT INTO captions_fts (rowid, caption) VALUES (new.rowid, new.caption);
             END""",
@@ -122,6 +122,21 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     (
         "captions.estimated_input_tokens: what `estimate` predicted, to check it against the bill",
         ["ALTER TABLE captions ADD COLUMN estimated_input_tokens INTEGER"],
+    ),
+    (
+        "photo_captions view: every path with every caption of its content",
+        [
+            """CREATE VIEW photo_captions AS
+               SELECT i.path, i.taken_at,
+                      trim(coalesce(i.camera_make, '') || ' ' || coalesce(i.camera_model, '')) AS camera,
+                      i.gps_lat, i.gps_lon, i.width, i.height,
+                      c.model, c.prompt, c.caption, c.status, c.error,
+                      c.input_tokens, c.output_tokens, c.cost_usd, c.created_at AS captioned_at,
+                      c.id AS caption_id, i.id AS image_id
+               FROM images i
+               JOIN images j ON j.sha256 = i.sha256
+               JOIN captions c ON c.image_id = j.id""",
+        ],
     ),
 ]
 

@@ -1,0 +1,83 @@
+"""Finding photos by their captions (FTS5, porter stemming) and read-only SQL."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from .store import Store
+
+MARK_START, MARK_END = "\x02", "\x03"  # snippet highlight markers, rendered by the caller
+
+
+class QueryError(Exception):
+    """The user's search or SQL could not run; the message says why."""
+
+
+def search(store: Store, query: str, *, model: str | None = None, since: str | None = None,
+           until: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """Best matches first (bm25), one row per photo path and model."""
+    where, params = ["captions_fts MATCH :query", "c.status = 'ok'"], {"query": query, "limit": limit}
+    if model:
+        where.append("c.model = :model")
+        params["model"] = model
+    if since:
+        where.append("i.taken_at >= :since")
+        params["since"] = since
+    if until:
+        # A bare date means up to the end of that day.
+        where.append("i.taken_at < CASE WHEN length(:until) = 10 THEN date(:until, '+1 day') ELSE :until END")
+        params["until"] = until
+    sql = f"""
+        SELECT i.path, c.model, i.taken_at, c.caption,
+               snippet(captions_fts, 0, '{MARK_START}', '{MARK_END}', '…', 16) AS snippet,
+               bm25(captions_fts) AS score
+        FROM captions_fts
+        JOIN captions c ON c.id = captions_fts.rowid
+        JOIN images j ON j.id = c.image_id
+        JOIN images i ON i.sha256 = j.sha256
+        WHERE {' AND '.join(where)}
+        ORDER BY score, i.path
+        LIMIT :limit
+    """
+    try:
+        return list(store.query(sql, params))
+    except sqlite3.OperationalError as exc:
+        message = str(exc)
+        if "fts5" in message or "syntax" in message or "no such column" in message:
+            raise QueryError(f"invalid search query {query!r}: {message} "
+                             '(put words with punctuation in double quotes, e.g. "t-shirt")') from exc
+        raise
+
+
+# What read-only SQL may do: read tables, call functions, and ask harmless pragmas.
+READ_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
+                "database_list", "table_list", "function_list", "collation_list", "compile_options"}
+
+
+def _authorize(action: int, arg1: Any, arg2: Any, db_name: Any, source: Any) -> int:
+    if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE):
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and str(arg1).lower() in READ_PRAGMAS and arg2 is None:
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def run_sql(store: Store, sql: str) -> tuple[list[str], list[tuple]]:
+    """Run one statement that can only read: the database is opened read-only
+    and an authorizer denies every action that is not a read."""
+    conn = store.conn
+    conn.set_authorizer(_authorize)
+    try:
+        cursor = conn.execute(sql)
+        columns = [d[0] for d in cursor.description or []]
+        return columns, cursor.fetchall()
+    except sqlite3.DatabaseError as exc:
+        message = str(exc)
+        if "not authorized" in message or "readonly" in message:
+            message = f"captioner sql is read-only ({message})"
+        raise QueryError(message) from exc
+    except sqlite3.ProgrammingError as exc:  # e.g. several statements at once
+        raise QueryError(str(exc)) from exc
+    finally:
+        conn.set_authorizer(None)
