@@ -191,6 +191,22 @@ def response_json(response: httpx.Response) -> Any:
         ) from exc
 
 
+def error_body(response: httpx.Response) -> tuple[Any, str]:
+    """An error response's JSON body (None if it is not JSON) and its human message."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    return body, error_message(body, response.text[:200] or response.reason_phrase)
+
+
+def empty_caption_error(output_limit_reached: bool, reason: str) -> str:
+    """Why a billed answer had no caption in it."""
+    if output_limit_reached:
+        return "empty caption: the output token limit was used up (raise -o max_tokens)"
+    return f"empty caption ({reason})"
+
+
 def error_message(body: Any, fallback: str) -> str:
     """Pull the human message out of the usual `{"error": {"message": ...}}` shapes."""
     if isinstance(body, dict):

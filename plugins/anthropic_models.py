@@ -19,12 +19,14 @@ from captioner.models import (
     REFUSED,
     CaptionRequest,
     CaptionResult,
-    Model,
-    ProviderError,
+    empty_caption_error,
+    error_body,
     error_for_status,
     error_message,
     is_event_stream,
+    Model,
     option_value,
+    ProviderError,
     response_json,
     sse_payloads,
 )
@@ -102,11 +104,7 @@ class ClaudeModel(Model):
 
 
 def map_error(response: httpx.Response) -> ProviderError:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    message = error_message(body, response.text[:200] or response.reason_phrase)
+    body, message = error_body(response)
     # An empty account is a 400 that will fail every image the same way.
     out_of_credit = "credit balance" in message.lower()
     return error_for_status(response, message, fatal_hint=out_of_credit)
@@ -134,11 +132,7 @@ def parse_message(message: Any) -> CaptionResult:
         result.status, result.error = REFUSED, "refused: stop_reason refusal"
     elif not result.text:
         result.status = FAILED
-        result.error = (
-            "empty caption: the output token limit was used up (raise -o max_tokens)"
-            if stop == "max_tokens"
-            else f"empty caption (stop_reason {stop})"
-        )
+        result.error = empty_caption_error(stop == "max_tokens", f"stop_reason {stop}")
     return result
 
 

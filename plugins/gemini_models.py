@@ -21,11 +21,12 @@ from captioner.models import (
     FAILED,
     CaptionRequest,
     CaptionResult,
-    Model,
-    ProviderError,
+    empty_caption_error,
+    error_body,
     error_for_status,
-    error_message,
+    Model,
     option_value,
+    ProviderError,
     response_json,
 )
 
@@ -158,15 +159,11 @@ def _is_bad_key(details: Any) -> bool:
 
 
 def map_error(response: httpx.Response) -> ProviderError:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body, message = error_body(response)
     if isinstance(body, list) and body:
         body = body[0]
     error = body.get("error", {}) if isinstance(body, dict) else {}
     details = error.get("details") if isinstance(error, dict) else None
-    message = error_message(body, response.text[:200] or response.reason_phrase)
     # A per-day quota will not come back within the run; a bad key fails every image.
     fatal = _is_daily_quota(details) or _is_bad_key(details)
     return error_for_status(response, message, fatal_hint=fatal, retry_after=retry_delay(details))
@@ -204,11 +201,7 @@ def parse_response(body: Any) -> CaptionResult:
         result.status, result.error, result.text = BLOCKED, f"blocked: {finish}", None
     elif not result.text:
         result.status = FAILED
-        result.error = (
-            "empty caption: the output token limit was used up (raise -o max_tokens)"
-            if finish == "MAX_TOKENS"
-            else f"empty caption (finishReason {finish})"
-        )
+        result.error = empty_caption_error(finish == "MAX_TOKENS", f"finishReason {finish}")
     return result
 
 

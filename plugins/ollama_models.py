@@ -18,11 +18,12 @@ from captioner.models import (
     FAILED,
     CaptionRequest,
     CaptionResult,
-    Model,
-    ProviderError,
+    empty_caption_error,
+    error_body,
     error_for_status,
-    error_message,
+    Model,
     option_value,
+    ProviderError,
 )
 
 DEFAULT_HOST = "127.0.0.1:11434"
@@ -82,11 +83,7 @@ class OllamaModel(Model):
 
 
 def map_error(response: httpx.Response, name: str) -> ProviderError:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    message = error_message(body, response.text[:200] or response.reason_phrase)
+    body, message = error_body(response)
     if response.status_code == 404 or "not found" in message.lower():
         return ProviderError(f"model {name!r} not found on the Ollama server: run `ollama pull {name}`", fatal=True,
                              status_code=response.status_code)
@@ -116,7 +113,8 @@ def parse_response(text: str) -> CaptionResult:
         usage=usage or None,
     )
     if not result.text:
-        result.status, result.error = FAILED, f"empty caption (done_reason {final.get('done_reason')})"
+        result.status = FAILED
+        result.error = empty_caption_error(final.get("done_reason") == "length", f"done_reason {final.get('done_reason')}")
     return result
 
 

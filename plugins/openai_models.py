@@ -18,17 +18,18 @@ import httpx
 
 from captioner.hookspecs import hookimpl
 from captioner.models import (
+    DEFAULT_MAX_TOKENS,
     FAILED,
     REFUSED,
-    DEFAULT_MAX_TOKENS,
     CaptionRequest,
     CaptionResult,
-    Model,
-    ProviderError,
+    empty_caption_error,
+    error_body,
     error_for_status,
-    error_message,
     is_event_stream,
+    Model,
     option_value,
+    ProviderError,
     response_json,
     sse_payloads,
 )
@@ -163,11 +164,7 @@ class OpenAIChatModel(Model):
 
 
 def map_error(response: httpx.Response) -> ProviderError:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    message = error_message(body, response.text[:200] or response.reason_phrase)
+    body, message = error_body(response)
     code = ""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         code = str(body["error"].get("code") or body["error"].get("type") or "")
@@ -201,11 +198,7 @@ def parse_response(body: Any) -> CaptionResult:
     elif not result.text:
         # Billed but useless: keep the usage, record why.
         result.status = FAILED
-        result.error = (
-            "empty caption: the output token limit was used up (raise -o max_tokens)"
-            if finish == "length"
-            else "empty caption in response"
-        )
+        result.error = empty_caption_error(finish == "length", f"finish_reason {finish}")
     return result
 
 
