@@ -238,7 +238,7 @@ def test_bad_key_stops_the_run_with_exit_2(fake_openai, photos, db):
 
 
 def test_key_never_reaches_database_or_output(fake_openai, photos, db):
-    secret = "sk-test-SECRET-VALUE-123456789"
+    secret = "fake-key-SECRET-VALUE-12345"
     result = run("caption", photos, "-m", "gpt-4o-mini", "--db", db, "--key", secret, "--json")
     assert fake_openai.received[0].headers["Authorization"] == f"Bearer {secret}"
     assert secret not in result.output

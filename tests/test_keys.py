@@ -52,11 +52,11 @@ def test_google_api_key_works_for_gemini(monkeypatch):
 
 def test_stored_key_is_used_and_never_stored(fake_openai, monkeypatch, photos, db):
     monkeypatch.delenv("OPENAI_API_KEY")
-    run("keys", "set", "openai", input="sk-test-stored-secret-value")
+    run("keys", "set", "openai", input="fake-key-stored-secret")
     result = run("caption", photos / "rocket.jpg", "-m", "gpt-4o-mini", "--db", db)
     assert result.exit_code == 0
-    assert fake_openai.received[0].headers["Authorization"] == "Bearer sk-test-stored-secret-value"
-    assert b"sk-test-stored-secret-value" not in db.read_bytes()
+    assert fake_openai.received[0].headers["Authorization"] == "Bearer fake-key-stored-secret"
+    assert b"fake-key-stored-secret" not in db.read_bytes()
     assert all("secret" not in json.dumps(r) for r in rows(db, "SELECT * FROM runs"))
 
 
