@@ -6,7 +6,6 @@ prints compare like with like on this machine.
 
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing
 import os

@@ -136,14 +136,8 @@ class AdaptiveLimit:
         self.limit = max(1.0, self.limit / 2)
 
     def succeeded(self) -> None:
-        if self.limit < self.maximum:
-            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
-            # Wake waiters: a slot may have opened.
-            asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        # Waiters re-check the limit whenever a slot is released, so raising it needs no wake-up.
+        self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
 
 
 class RateCap:

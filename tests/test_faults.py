@@ -199,7 +199,7 @@ def test_two_processes_share_one_database_without_duplicates(photos, tmp_path, d
         procs = [captioner_process("caption", tmp_path / "lib", "-m", "gpt-4o-mini", "--db", db,
                                    "--concurrency", "4", env=env) for _ in range(2)]
         results = [p.communicate(timeout=120) for p in procs]
-        for proc, (out, err) in zip(procs, results):
+        for proc, (_, err) in zip(procs, results):
             assert proc.returncode == 0, err
             assert "locked" not in err and "Traceback" not in err
         assert len(server.image_requests) == 30

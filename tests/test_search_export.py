@@ -33,7 +33,6 @@ def captioned(fake_openai, photos, db):
         reply["choices"][0]["message"]["content"] = CAPTIONS.get(name, label)
         return reply
 
-    from PIL import Image
     from captioner.media import sent_size, header_facts
     for name in CAPTIONS:
         w, h, fmt, frames = header_facts(str(photos / name))
@@ -106,7 +105,7 @@ def test_sql_reads_and_formats(captioned, db):
     "SELECT 1; DELETE FROM captions",
 ])
 def test_sql_cannot_write(captioned, db, statement):
-    before = db.read_bytes() if False else rows(db, "SELECT count(*) AS n FROM captions")[0]["n"]
+    before = rows(db, "SELECT count(*) AS n FROM captions")[0]["n"]
     result = run("sql", statement, "--db", db)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert rows(db, "SELECT count(*) AS n FROM captions")[0]["n"] == before
