@@ -41,6 +41,29 @@ def openai_tile_tokens(w: int, h: int, base: int = 2833, tile: int = 5667) -> in
     return base + tile * math.ceil(w / 512) * math.ceil(h / 512)
 
 
+# What OpenAI bills per image, written out here independently of the plugin so
+# the estimate tests compare two implementations of the published rules.
+OPENAI_PATCH_MULTIPLIERS = {"gpt-4.1-mini": 1.62, "gpt-4.1-nano": 2.46, "gpt-5-mini": 1.62, "gpt-5-nano": 2.46,
+                            "o4-mini": 1.72}
+
+
+def openai_patch_tokens(w: int, h: int, multiplier: float) -> int:
+    patches = math.ceil(w / 32) * math.ceil(h / 32)
+    if patches > 1536:
+        r = math.sqrt(32 * 32 * 1536 / (w * h))
+        r *= min(math.floor(w * r / 32) / (w * r / 32), math.floor(h * r / 32) / (h * r / 32))
+        patches = min(1536, math.ceil(w * r / 32) * math.ceil(h * r / 32))
+    return math.ceil(patches * multiplier)
+
+
+def openai_image_tokens(model: str, w: int, h: int) -> int:
+    if model in OPENAI_PATCH_MULTIPLIERS:
+        return openai_patch_tokens(w, h, OPENAI_PATCH_MULTIPLIERS[model])
+    if model.startswith("gpt-4o-mini"):
+        return openai_tile_tokens(w, h, 2833, 5667)
+    return openai_tile_tokens(w, h, 85, 170)
+
+
 @dataclass
 class Received:
     path: str
@@ -215,7 +238,7 @@ class FakeOpenAI(FakeServer):
         tokens = len(text.split()) + 8
         for jpeg in images:
             with Image.open(io.BytesIO(jpeg)) as im:
-                tokens += openai_tile_tokens(*im.size)
+                tokens += openai_image_tokens(body.get("model", ""), *im.size)
         return tokens
 
     def answer(self, path, body, images, headers):

@@ -80,7 +80,7 @@ def test_batch_price_is_half_where_the_provider_has_one(photos):
     assert rows["ollama/llava"]["batch_cost_usd"] is None
 
 
-FAMILY_MODELS = [("gpt-4o-mini", "fake_openai"), ("claude-haiku-4-5", "fake_anthropic"),
+FAMILY_MODELS = [("gpt-4o-mini", "fake_openai"), ("gpt-4.1-nano", "fake_openai"), ("claude-haiku-4-5", "fake_anthropic"),
                  ("gemini-2.5-flash-lite", "fake_gemini"), ("ollama/llava:7b", "fake_ollama")]
 
 
