@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import httpx
 
 from . import pricing
-from .estimate import prompt_tokens
+from .estimate import input_tokens
 from .media import ImageError, PreparedImage, prepare_image, read_file
 from .models import FAILED, OK, CaptionRequest, CaptionResult, Model, ProviderError
 from .scan import Found, Skipped, scan
@@ -207,7 +207,7 @@ class Runner:
         self.budget = Budget(settings.max_cost)
         self.stopping = False
         self.fatal: str | None = None
-        self.pending_failures: list[tuple[int, str, CaptionResult]] = []
+        self.pending_failures: list[tuple[int, str, CaptionResult, int]] = []
         self.inflight: dict[str, asyncio.Future] = {}
         self.finished_shas: set[str] = set()  # content handled in this run, even with --force
 
@@ -370,9 +370,7 @@ class Runner:
         if self.stopping:
             summary.not_sent += 1
             return
-        estimated = self.model.image_tokens(prepared.sent_width, prepared.sent_height, s.options) + prompt_tokens(
-            s.prompt, s.system
-        )
+        estimated = input_tokens(self.model, prepared.sent_width, prepared.sent_height, s.options, s.prompt, s.system)
         reserve = self._worst_case_cost(estimated)
         if not self.budget.reserve(reserve):
             self.stopping = True
@@ -464,7 +462,7 @@ class Runner:
         and stop the run if the first few all fail."""
         if self.summary.ok:
             return self._store_result(image_id, path, result, None, estimated)
-        self.pending_failures.append((image_id, path, result))
+        self.pending_failures.append((image_id, path, result, estimated))
         if len(self.pending_failures) >= EARLY_FAILURE_LIMIT:
             self.pending_failures.clear()
             raise FatalRunError(
@@ -519,8 +517,8 @@ class Runner:
         pending, self.pending_failures = self.pending_failures, []
         if self.fatal:
             return  # the run's fault, not the images': leave them to be tried again
-        for image_id, path, result in pending:
-            self._store_result(image_id, path, result, None)
+        for image_id, path, result, estimated in pending:
+            self._store_result(image_id, path, result, None, estimated)
 
 
 def caption_paths(

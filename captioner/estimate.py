@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
 
 from . import pricing
 from .media import ImageError, header_facts, sent_size
@@ -35,7 +35,6 @@ class ModelEstimate:
     output_tokens: int = 0
     cost_usd: float | None = 0.0
     batch_cost_usd: float | None = None
-    sizes: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         per_image = self.cost_usd / self.images if self.images and self.cost_usd is not None else None
@@ -65,11 +64,18 @@ def image_headers(paths: Iterable[Found], threads: int = 8) -> list[tuple[int, i
         return list(pool.map(facts, paths))
 
 
+def input_tokens(model: Model, sent_width: int, sent_height: int, options: Mapping[str, str], prompt: str,
+                 system: str | None) -> int:
+    """Input tokens one request would be billed: the image rule on the size sent, plus the text.
+    The one definition of "estimated input", used by `estimate` and stored with every caption."""
+    return model.image_tokens(sent_width, sent_height, options) + prompt_tokens(prompt, system)
+
+
 def input_tokens_for(model: Model, width: int, height: int, fmt: str, frames: int, max_side: int | None,
                      options: dict[str, str], prompt: str, system: str | None) -> int:
-    """Input tokens one image would be billed: image rule on the sent size, plus the text."""
-    w, h = sent_size(width, height, fmt, frames, max_side or model.max_side)
-    return model.image_tokens(w, h, options) + prompt_tokens(prompt, system)
+    """`input_tokens` for an image known only by its header."""
+    return input_tokens(model, *sent_size(width, height, fmt, frames, max_side or model.max_side), options,
+                        prompt, system)
 
 
 def estimate(
@@ -97,7 +103,6 @@ def estimate(
                 result.unreadable += 1
                 continue
             tokens = input_tokens_for(model, *facts, max_side, options, prompt, system)
-            result.sizes[facts[:2]] = result.sizes.get(facts[:2], 0) + 1
             result.images += 1
             result.input_tokens += tokens
             result.output_tokens += output_tokens
