@@ -8,6 +8,7 @@ migrations, applied in order and recorded in `_migrations`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -143,6 +144,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
 CLAIMED, DONE, BUSY = "claimed", "done", "busy"
 
 
+def done_statuses(retry_failed: bool) -> tuple[str, ...]:
+    """Caption statuses that count as done: failed ones too, unless they are to be retried."""
+    return FINAL_STATUSES if retry_failed else FINAL_STATUSES + ("failed",)
+
+
 @dataclass
 class DoneIndex:
     """What is already captioned for one model and prompt: by path (with the
@@ -183,20 +189,25 @@ class Store:
 
     # -- transactions ----------------------------------------------------
 
-    def _write(self, sql: str, params: Any = ()) -> tuple[int | None, list[tuple]]:
-        """One statement in its own immediate transaction (takes the write
-        lock up front, so concurrent writers wait instead of deadlocking).
-        Returns the last row id and any rows the statement returned."""
+    @contextlib.contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock up front, so concurrent
+        writers wait on the busy timeout instead of deadlocking."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            cursor = self.conn.execute(sql, params)
-            rows = cursor.fetchall()
+            yield self.conn
             self.conn.execute("COMMIT")
-            return cursor.lastrowid, rows
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
+
+    def _write(self, sql: str, params: Any = ()) -> tuple[int | None, list[tuple]]:
+        """One statement in its own transaction. Returns the last row id and any rows it returned."""
+        with self._immediate() as conn:
+            cursor = conn.execute(sql, params)
+            rows = cursor.fetchall()
+        return cursor.lastrowid, rows
 
     def _set_up(self) -> None:
         # Switching to WAL needs the file to itself and does not wait on the
@@ -207,30 +218,22 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self.conn.execute(
-                "CREATE TABLE IF NOT EXISTS _migrations (id INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)"
-            )
-            applied = {row[0] for row in self.conn.execute("SELECT id FROM _migrations")}
+        with self._immediate() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS _migrations (id INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)")
+            applied = {row[0] for row in conn.execute("SELECT id FROM _migrations")}
             for number, (name, statements) in enumerate(MIGRATIONS, start=1):
                 if number in applied:
                     continue
                 for statement in statements:
-                    self.conn.execute(statement)
-                self.conn.execute(
-                    "INSERT INTO _migrations (id, name, applied_at) VALUES (?, ?, ?)",
-                    (number, name, utcnow()),
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO _migrations (id, name, applied_at) VALUES (?, ?, ?)", (number, name, utcnow())
                 )
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     # -- reading what is done --------------------------------------------
 
     def done_index(self, model: str, prompt: str, *, retry_failed: bool) -> DoneIndex:
-        statuses = FINAL_STATUSES if retry_failed else FINAL_STATUSES + ("failed",)
+        statuses = done_statuses(retry_failed)
         marks = ",".join("?" * len(statuses))
         shas = {
             row[0]
@@ -254,34 +257,25 @@ class Store:
         otherwise CLAIMED. Check and claim happen in one write transaction,
         so two processes cannot both win.
         """
-        statuses = FINAL_STATUSES if retry_failed else FINAL_STATUSES + ("failed",)
+        statuses = done_statuses(retry_failed)
         marks = ",".join("?" * len(statuses))
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            outcome = CLAIMED
-            if not force and self.conn.execute(
+        with self._immediate() as conn:
+            if not force and conn.execute(
                 f"""SELECT 1 FROM captions c JOIN images i ON i.id = c.image_id
                     WHERE i.sha256 = ? AND c.model = ? AND c.prompt = ? AND c.status IN ({marks}) LIMIT 1""",
                 (sha256, model, prompt, *statuses),
             ).fetchone():
-                outcome = DONE
-            else:
-                holder = self.conn.execute(
-                    "SELECT pid FROM claims WHERE sha256 = ? AND model = ? AND prompt = ?", (sha256, model, prompt)
-                ).fetchone()
-                if holder and holder[0] != os.getpid() and _pid_alive(holder[0]):
-                    outcome = BUSY
-                else:
-                    self.conn.execute(
-                        "INSERT OR REPLACE INTO claims (sha256, model, prompt, pid, claimed_at) VALUES (?, ?, ?, ?, ?)",
-                        (sha256, model, prompt, os.getpid(), utcnow()),
-                    )
-            self.conn.execute("COMMIT")
-            return outcome
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+                return DONE
+            holder = conn.execute(
+                "SELECT pid FROM claims WHERE sha256 = ? AND model = ? AND prompt = ?", (sha256, model, prompt)
+            ).fetchone()
+            if holder and holder[0] != os.getpid() and _pid_alive(holder[0]):
+                return BUSY
+            conn.execute(
+                "INSERT OR REPLACE INTO claims (sha256, model, prompt, pid, claimed_at) VALUES (?, ?, ?, ?, ?)",
+                (sha256, model, prompt, os.getpid(), utcnow()),
+            )
+            return CLAIMED
 
     def release(self, sha256: str, model: str, prompt: str) -> None:
         self._write(
