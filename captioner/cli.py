@@ -12,7 +12,7 @@ import click
 from . import config, estimate as estimating, export as exporting, pricing, report
 from .compare import compare as compare_models
 from .search import MARK_END, MARK_START, QueryError, run_sql, search as search_captions
-from .gallery import render
+from .gallery import GalleryItem, render
 from .batch import DEFAULT_PROMPT, RunSettings, caption_paths
 from .config import ConfigError
 from .plugins import UnknownModel, discovered_models, get_model, listed_models
@@ -40,6 +40,25 @@ def resolve_model(name: str):
         return get_model(name)
     except UnknownModel as exc:
         raise ConfigFailure(str(exc)) from exc
+
+
+def _models_and_keys(names: tuple[str, ...], key: str | None = None, need_keys: bool = False):
+    models = [resolve_model(n) for n in (names or (config.get_default_model(),))]
+    keys = {}
+    try:
+        for model in models:
+            keys[model.model_id] = config.resolve_key(model, key)
+            if need_keys and model.needs_key and not keys[model.model_id]:
+                raise ConfigFailure(config.missing_key_message(model))
+    except ConfigError as exc:
+        raise ConfigFailure(str(exc)) from exc
+    return models, keys
+
+
+def _check_paths(paths) -> None:
+    for path in paths:
+        if not os.path.exists(path):
+            raise ConfigFailure(f"no such file or folder: {path}")
 
 
 def print_json(data: Any) -> None:
@@ -106,23 +125,16 @@ def cli() -> None:
 def caption(paths, model_name, prompt, system, options, db, key, concurrency, max_cost, limit,
             max_side, include, exclude, force, retry_failed, retries, timeout, rpm, backoff, as_json):
     """Caption every photo under PATHS and store the results."""
-    for path in paths:
-        if not os.path.exists(path):
-            raise ConfigFailure(f"no such file or folder: {path}")
+    _check_paths(paths)
+    (model,), keys = _models_and_keys((model_name,) if model_name else (), key, need_keys=True)
     try:
-        model = resolve_model(model_name or config.get_default_model())
-        api_key = config.resolve_key(model, key)
-        user_prices = pricing.load_user_prices()
+        unpriced = max_cost is not None and not pricing.price_request(model, 1000, 100).known
     except ConfigError as exc:
         raise ConfigFailure(str(exc)) from exc
-    if model.needs_key and not api_key:
-        raise ConfigFailure(config.missing_key_message(model))
-    if max_cost is not None and not pricing.price_request(model, 1000, 100, user_prices=user_prices).known:
-        raise ConfigFailure(
-            f"--max-cost needs a price for {model.model_id}; add one to {config.prices_path()}"
-        )
+    if unpriced:
+        raise ConfigFailure(f"--max-cost needs a price for {model.model_id}; add one to {config.prices_path()}")
     settings = RunSettings(
-        prompt=prompt, system=system, options=dict(options), key=api_key, max_side=max_side,
+        prompt=prompt, system=system, options=dict(options), key=keys[model.model_id], max_side=max_side,
         concurrency=concurrency, limit=limit, force=force, retry_failed=retry_failed,
         max_cost=max_cost, retries=retries, timeout=timeout, backoff_base=backoff, rpm=rpm,
         include=include, exclude=exclude,
@@ -287,25 +299,6 @@ def keys_path():
     click.echo(str(config.keys_path()))
 
 
-def _models_and_keys(names: tuple[str, ...], key: str | None = None, need_keys: bool = False):
-    models = [resolve_model(n) for n in (names or (config.get_default_model(),))]
-    keys = {}
-    try:
-        for model in models:
-            keys[model.model_id] = config.resolve_key(model, key)
-            if need_keys and model.needs_key and not keys[model.model_id]:
-                raise ConfigFailure(config.missing_key_message(model))
-    except ConfigError as exc:
-        raise ConfigFailure(str(exc)) from exc
-    return models, keys
-
-
-def _check_paths(paths) -> None:
-    for path in paths:
-        if not os.path.exists(path):
-            raise ConfigFailure(f"no such file or folder: {path}")
-
-
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-m", "--model", "model_names", multiple=True, help="Model id (repeatable)")
@@ -373,8 +366,6 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
         if summary.status == "failed":
             raise ConfigFailure(summary.message or f"{summary.model} failed")
     if html_file:
-        from .gallery import GalleryItem
-
         items = [GalleryItem(path, result.captions[path]) for path in result.paths]
         page = render(f"captioner compare: {len(result.paths)} of {result.total_photos} photos", items,
                       [m.model_id for m in models], result.rows, COMPARE_COLUMNS)
