@@ -85,15 +85,32 @@ def prepare_image(data: bytes, max_side: int = 1024) -> PreparedImage:
         raise ImageError(f"cannot decode image: {exc}") from exc
 
 
-def _prepare(im: Image.Image, max_side: int) -> PreparedImage:
+@dataclass(frozen=True)
+class _Shown:
+    """How an opened image is shown: after orientation, by format and frame count."""
+
+    width: int
+    height: int
+    format: str
+    frames: int
+    orientation: int
+
+
+def _shown(im: Image.Image) -> _Shown:
     fmt = im.format or "unknown"
-    exif = read_exif(im)
     orientation = 1 if fmt in SELF_ORIENTED_FORMATS else _orientation(im)
     width, height = im.size
     if orientation in (5, 6, 7, 8):
         width, height = height, width
+    frames = getattr(im, "n_frames", 1) if fmt in ANIMATED_FORMATS else 1
+    return _Shown(width, height, fmt, frames, orientation)
 
-    if fmt in ANIMATED_FORMATS and getattr(im, "n_frames", 1) > 1:
+
+def _prepare(im: Image.Image, max_side: int) -> PreparedImage:
+    shown = _shown(im)
+    fmt, orientation, width, height = shown.format, shown.orientation, shown.width, shown.height
+    exif = read_exif(im)
+    if shown.frames > 1:
         picture = _contact_sheet(im, max_side)
     else:
         if fmt in ("JPEG", "MPO"):
@@ -122,17 +139,12 @@ def header_facts(path: str) -> tuple[int, int, str, int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                fmt = im.format or "unknown"
-                orientation = 1 if fmt in SELF_ORIENTED_FORMATS else _orientation(im)
-                width, height = im.size
-                frames = getattr(im, "n_frames", 1) if fmt in ANIMATED_FORMATS else 1
+                shown = _shown(im)
     except Image.DecompressionBombError as exc:
         raise ImageError("image too large to decode safely") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"not a readable image: {exc}") from exc
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
-    return width, height, fmt, frames
+    return shown.width, shown.height, shown.format, shown.frames
 
 
 def sent_size(width: int, height: int, fmt: str, frames: int, max_side: int) -> tuple[int, int]:
