@@ -15,6 +15,7 @@ from .search import MARK_END, MARK_START, QueryError, run_sql, search as search_
 from .gallery import GalleryItem, render
 from .batch import DEFAULT_PROMPT, RunSettings, caption_paths
 from .config import ConfigError
+from .options import OptionError
 from .plugins import UnknownModel, discovered_models, get_model, listed_models
 from .store import Store, StoreError
 
@@ -53,6 +54,17 @@ def _models_and_keys(names: tuple[str, ...], key: str | None = None, need_keys: 
     except ConfigError as exc:
         raise ConfigFailure(str(exc)) from exc
     return models, keys
+
+
+def check_options(models, options: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """`-o` pairs checked against every model's declared options, before any image is read."""
+    given = dict(options)
+    try:
+        for model in models:
+            model.validate_options(given)
+    except OptionError as exc:
+        raise ConfigFailure(str(exc)) from exc
+    return given
 
 
 def _check_paths(paths) -> None:
@@ -127,6 +139,7 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
     """Caption every photo under PATHS and store the results."""
     _check_paths(paths)
     (model,), keys = _models_and_keys((model_name,) if model_name else (), key, need_keys=True)
+    options = check_options([model], options)
     try:
         unpriced = max_cost is not None and not pricing.price_request(model, 1000, 100).known
     except ConfigError as exc:
@@ -134,7 +147,7 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
     if unpriced:
         raise ConfigFailure(f"--max-cost needs a price for {model.model_id}; add one to {config.prices_path()}")
     settings = RunSettings(
-        prompt=prompt, system=system, options=dict(options), key=keys[model.model_id], max_side=max_side,
+        prompt=prompt, system=system, options=options, key=keys[model.model_id], max_side=max_side,
         concurrency=concurrency, limit=limit, force=force, retry_failed=retry_failed,
         max_cost=max_cost, retries=retries, timeout=timeout, backoff_base=backoff, rpm=rpm,
         include=include, exclude=exclude,
@@ -207,35 +220,26 @@ def cost(db, by, as_json):
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--options", "show_options", is_flag=True, help="Also list each model's -o options")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON")
 @click.pass_context
-def models(ctx, as_json):
-    """List the vision models the installed plugins provide."""
+def models(ctx, show_options, as_json):
+    """List the vision models the installed plugins provide.
+
+    \b
+    Examples:
+      captioner models
+      captioner models --options
+    """
     if ctx.invoked_subcommand is not None:
         return
-    rows = []
-    default = config.get_default_model()
-    for model in listed_models() + discovered_models():
-        prices = pricing.unit_prices(model)
-        try:
-            has_key = bool(config.resolve_key(model))
-        except ConfigError as exc:
-            raise ConfigFailure(str(exc)) from exc
-        batch = model.batch_discount if prices else None
-        rows.append(
-            {
-                "model": model.model_id,
-                "provider": model.provider,
-                "input_per_m": prices[0] if prices else None,
-                "output_per_m": prices[1] if prices else None,
-                "batch_input_per_m": round(prices[0] * batch, 6) if batch else None,
-                "batch_output_per_m": round(prices[1] * batch, 6) if batch else None,
-                "key": ("not needed" if not model.needs_key
-                        else "set" if has_key else f"missing ({' or '.join(model.key_env)})"),
-                "default": model.model_id == default,
-                "aliases": list(model.aliases),
-            }
-        )
+    try:
+        rows = report.model_rows(listed_models() + discovered_models(), config.get_default_model())
+    except ConfigError as exc:
+        raise ConfigFailure(str(exc)) from exc
+    if not show_options:
+        for row in rows:
+            del row["options"]
     if as_json:
         print_json(rows)
         return
@@ -243,6 +247,13 @@ def models(ctx, as_json):
         row["default"] = "*" if row["default"] else ""
     print_table(rows, ["default", "model", "provider", "input_per_m", "output_per_m", "batch_input_per_m",
                        "batch_output_per_m", "key"])
+    if show_options:
+        for row in rows:
+            click.echo(f"\n{row['model']} options:")
+            if row["options"] is None:
+                click.echo("  (not declared: any -o KEY VALUE is passed to the model)")
+            for option in row["options"] or []:
+                click.echo(f"  -o {option['name']} {option['describe']}: {option['help']}")
 
 
 @models.command("default")
@@ -315,8 +326,9 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
     """Predict the cost of captioning PATHS, offline (reads image headers only)."""
     _check_paths(paths)
     models, _ = _models_and_keys(model_names)
+    options = check_options(models, options)
     try:
-        results = estimating.estimate(paths, models, prompt=prompt, system=system, options=dict(options),
+        results = estimating.estimate(paths, models, prompt=prompt, system=system, options=options,
                                       output_tokens=output_tokens, max_side=max_side, include=include,
                                       exclude=exclude)
     except ConfigError as exc:
@@ -354,7 +366,8 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
     if len(set(model_names)) < 2:
         raise ConfigFailure("compare needs at least two different models (-m A -m B)")
     models, keys = _models_and_keys(model_names, need_keys=True)
-    settings = RunSettings(prompt=prompt, system=system, options=dict(options), concurrency=concurrency,
+    settings = RunSettings(prompt=prompt, system=system, options=check_options(models, options),
+                           concurrency=concurrency,
                            include=include, exclude=exclude)
     store = open_store(db or config.default_db())
     try:

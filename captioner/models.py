@@ -12,9 +12,11 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import httpx
+
+from .options import Option, validate
 
 # Outcomes a caption row can have (the `captions.status` column).
 OK = "ok"
@@ -29,15 +31,25 @@ DEFAULT_MAX_TOKENS = 400
 
 @dataclass(frozen=True)
 class CaptionRequest:
-    """One image and the words that go with it, ready to send."""
+    """One image and the words that go with it, ready to send.
 
-    jpeg: bytes
+    `options` are the `-o` values as given (strings), already checked against
+    the model's declared options. The key and the image bytes stay out of
+    `repr`, so a logged request never shows a secret or a megabyte of JPEG.
+    """
+
+    jpeg: bytes = field(repr=False)
     width: int
     height: int
     prompt: str
     system: str | None = None
     options: Mapping[str, str] = field(default_factory=dict)
-    key: str | None = None
+    key: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return (f"CaptionRequest(jpeg=<{len(self.jpeg):,} bytes>, width={self.width}, height={self.height}, "
+                f"prompt={self.prompt[:60]!r}, system={self.system!r}, options={dict(self.options)!r}, "
+                f"key={'<set>' if self.key else None})")
 
 
 @dataclass
@@ -99,6 +111,8 @@ class Model:
     max_side      preferred long side of the image in pixels
     listed        shown by `captioner models` (unlisted models can still be used)
     batch_discount  multiplier on the price through the provider's batch API, if it has one
+    accepted_options  the `-o` options this model takes (`captioner.options.Option`);
+                    None (the default) accepts any key unchecked, as plugins did before
     """
 
     model_id: str = ""
@@ -111,12 +125,18 @@ class Model:
     listed: bool = True
     batch_discount: float | None = None
     default_options: ClassVar[dict[str, str]] = {}
+    accepted_options: ClassVar[Sequence[Option] | None] = None
+
+    def validate_options(self, given: Mapping[str, str]) -> dict[str, Any]:
+        """Typed option values; `OptionError` for an unknown key or a bad value."""
+        return validate(self.model_id, self.accepted_options, given)
 
     def image_tokens(self, width: int, height: int, options: Mapping[str, str]) -> int:
         """Input tokens the provider bills for an image of this (prepared) size."""
         raise NotImplementedError
 
-    def max_output_tokens(self, options: Mapping[str, str]) -> int:
+    def max_output_tokens(self, options: Mapping[str, Any]) -> int:
+        """The output cap a request is sent with (what the budget reserves for)."""
         return int(options.get("max_tokens", DEFAULT_MAX_TOKENS))
 
     async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:

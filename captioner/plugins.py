@@ -1,9 +1,11 @@
-"""Plugin discovery: every model comes from a plugin found through the
-`captioner` entry-point group, built-in plugins included."""
+"""Plugin discovery: every model comes from a plugin. The built-in ones are
+registered in-package; third-party ones are found through the `captioner`
+entry-point group. Both implement the same hooks (`captioner.hookspecs`)."""
 
 from __future__ import annotations
 
 import functools
+import importlib
 
 import pluggy
 
@@ -15,10 +17,22 @@ class UnknownModel(LookupError):
     pass
 
 
+DEFAULT_PLUGINS = (
+    "captioner.default_plugins.openai_models",
+    "captioner.default_plugins.anthropic_models",
+    "captioner.default_plugins.gemini_models",
+    "captioner.default_plugins.ollama_models",
+)
+
+
 @functools.lru_cache(maxsize=1)
 def plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("captioner")
     pm.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name)
+    # Registered after the built-ins, so a third-party plugin is asked first
+    # for a name (pluggy calls the newest implementation first).
     pm.load_setuptools_entrypoints("captioner")
     return pm
 
@@ -33,7 +47,7 @@ def listed_models() -> list[Model]:
 def discovered_models() -> list[Model]:
     """Models the plugins find on servers right now (may use the network)."""
     found: list[Model] = []
-    for models in plugin_manager().hook.discover_models():
+    for models in plugin_manager().hook.discover_models():  # one list per plugin
         found.extend(models or [])
     return found
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import config, pricing
 from .batch import RunSummary
+from .models import Model
 from .store import Store
 
 GROUPINGS = {
@@ -80,4 +82,32 @@ def cost_rows(store: Store, by: str) -> list[dict[str, Any]]:
             row["model"] = run.get("model")
             row["status"] = run.get("status")
             row["started_at"] = run.get("started_at")
+    return rows
+
+
+def model_rows(models: list[Model], default: str) -> list[dict[str, Any]]:
+    """`captioner models`: prices (list and batch), key status and declared options per model."""
+    rows = []
+    for model in models:
+        prices = pricing.unit_prices(model)
+        has_key = bool(config.resolve_key(model))
+        batch = model.batch_discount if prices else None
+        declared = model.accepted_options
+        rows.append(
+            {
+                "model": model.model_id,
+                "provider": model.provider,
+                "input_per_m": prices[0] if prices else None,
+                "output_per_m": prices[1] if prices else None,
+                "batch_input_per_m": round(prices[0] * batch, 6) if prices and batch else None,
+                "batch_output_per_m": round(prices[1] * batch, 6) if prices and batch else None,
+                "key": ("not needed" if not model.needs_key
+                        else "set" if has_key else f"missing ({' or '.join(model.key_env)})"),
+                "default": model.model_id == default,
+                "aliases": list(model.aliases),
+                "options": None if declared is None else [
+                    {**option.to_dict(), "describe": option.describe()} for option in declared
+                ],
+            }
+        )
     return rows

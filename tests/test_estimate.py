@@ -8,9 +8,9 @@ import shutil
 import pytest
 from PIL import Image
 
-from captioner_plugins.anthropic_models import anthropic_image_tokens
-from captioner_plugins.gemini_models import gemini_image_tokens
-from captioner_plugins.openai_models import OpenAIChatModel
+from captioner.default_plugins.anthropic_models import anthropic_image_tokens
+from captioner.default_plugins.gemini_models import gemini_image_tokens
+from captioner.default_plugins.openai_models import OpenAIChatModel
 from conftest import run
 
 

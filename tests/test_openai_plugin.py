@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from captioner.models import CaptionRequest, parse_retry_after
-from captioner_plugins.openai_models import (
+from captioner.default_plugins.openai_models import (
     OpenAIChatModel,
     map_error,
     parse_response,

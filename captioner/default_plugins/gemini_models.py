@@ -6,35 +6,41 @@ or `GOOGLE_API_KEY` and travels in the `x-goog-api-key` header (never the URL).
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import httpx
 
 from captioner.hookspecs import hookimpl
+from captioner.http_model import HTTPModel, jpeg_base64
 from captioner.models import (
     BLOCKED,
     FAILED,
     CaptionRequest,
     CaptionResult,
+    Model,
+    ProviderError,
     empty_caption_error,
     error_body,
     error_for_status,
-    Model,
-    option_value,
-    ProviderError,
-    response_json,
 )
+from captioner.options import MAX_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, Option
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 TOKENS_PER_IMAGE = 258
 # Gemini 3 bills an image by its media resolution.
 MEDIA_RESOLUTION_TOKENS = {"low": 280, "medium": 560, "high": 1120}
 BLOCK_REASONS = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION", "IMAGE_SAFETY", "LANGUAGE"}
+OPTIONS = (
+    MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED,
+    Option("media_resolution", "str", "Image detail Gemini 3 bills by (low is cheapest)",
+           choices=("low", "medium", "high")),
+    Option("thinking_budget", "int", "Gemini 2.5: thinking tokens allowed (0 turns thinking off, -1 dynamic)",
+           minimum=-1, maximum=32768),
+    Option("thinking_level", "str", "Gemini 3: how hard to think", choices=("minimal", "low", "medium", "high")),
+)
 GENERATION_OPTIONS = {
     "temperature": "temperature",
     "top_p": "topP",
@@ -46,7 +52,7 @@ GENERATION_OPTIONS = {
 LISTED = ["gemini-2.5-flash-lite", "gemini-2.5-flash", "gemini-3.1-flash-lite", "gemini-1.5-flash-8b"]
 
 
-def gemini_image_tokens(model: str, width: int, height: int, options: Mapping[str, str]) -> int:
+def gemini_image_tokens(model: str, width: int, height: int, options: Mapping[str, Any]) -> int:
     if model.startswith("gemini-3"):
         level = str(options.get("media_resolution", "high")).lower().replace("media_resolution_", "")
         return MEDIA_RESOLUTION_TOKENS.get(level, MEDIA_RESOLUTION_TOKENS["high"])
@@ -67,44 +73,48 @@ def thinking_config(model: str) -> dict[str, Any] | None:
     return None  # 1.5 / 2.0 do not think; 2.5 Pro cannot turn thinking off
 
 
-class GeminiModel(Model):
+class GeminiModel(HTTPModel):
     provider = "google"
     batch_discount = 0.5  # the provider's Batch API halves both prices
     key_name = "gemini"
     key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    accepted_options = OPTIONS
 
     def __init__(self, model_id: str, listed: bool = True) -> None:
         self.model_id = model_id.removeprefix("models/")
         self.listed = listed
 
-    def image_tokens(self, width: int, height: int, options: Mapping[str, str]) -> int:
+    def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
         return gemini_image_tokens(self.model_id, width, height, options)
 
+    def endpoint(self) -> str:
+        base = (os.environ.get("GEMINI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        if not re.search(r"/v1(beta|alpha)?\d*$", base):
+            base += "/v1beta"
+        return f"{base}/models/{self.model_id}:generateContent"
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-goog-api-key": key}  # never in the URL, where logs would keep it
+
     def build_body(self, request: CaptionRequest) -> dict[str, Any]:
-        options = dict(request.options)
+        options = self.typed_options(request)
         generation: dict[str, Any] = {"maxOutputTokens": self.max_output_tokens(options)}
-        options.pop("max_tokens", None)
         thinking = thinking_config(self.model_id)
         if "thinking_budget" in options:
-            thinking = {"thinkingBudget": int(options.pop("thinking_budget"))}
+            thinking = {"thinkingBudget": options["thinking_budget"]}
         if "thinking_level" in options:
-            thinking = {"thinkingLevel": options.pop("thinking_level")}
+            thinking = {"thinkingLevel": options["thinking_level"]}
         if thinking:
             generation["thinkingConfig"] = thinking
         for key, field in GENERATION_OPTIONS.items():
             if key in options:
-                generation[field] = option_value(options.pop(key))
+                generation[field] = options[key]
         body: dict[str, Any] = {
             "contents": [
                 {
                     "role": "user",
                     "parts": [
-                        {
-                            "inline_data": {
-                                "mime_type": "image/jpeg",
-                                "data": base64.b64encode(request.jpeg).decode("ascii"),
-                            }
-                        },
+                        {"inline_data": {"mime_type": "image/jpeg", "data": jpeg_base64(request)}},
                         {"text": request.prompt},
                     ],
                 }
@@ -113,22 +123,13 @@ class GeminiModel(Model):
         }
         if request.system:
             body["systemInstruction"] = {"parts": [{"text": request.system}]}
-        for key, value in options.items():
-            body[key] = option_value(value)
         return body
 
-    async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
-        base = (os.environ.get("GEMINI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        if not re.search(r"/v1(beta|alpha)?\d*$", base):
-            base += "/v1beta"
-        url = f"{base}/models/{self.model_id}:generateContent"
-        headers = {"content-type": "application/json"}
-        if request.key:
-            headers["x-goog-api-key"] = request.key
-        response = await client.post(url, content=json.dumps(self.build_body(request)), headers=headers)
-        if response.status_code != 200:
-            raise map_error(response)
-        return parse_response(response_json(response))
+    def map_error(self, response: httpx.Response) -> ProviderError:
+        return map_error(response)
+
+    def parse_body(self, body: Any) -> CaptionResult:
+        return parse_response(body)
 
 
 def retry_delay(details: Any) -> float | None:
@@ -206,13 +207,13 @@ def parse_response(body: Any) -> CaptionResult:
 
 
 @hookimpl
-def register_models(register):
+def register_models(register: Callable[[Model], None]) -> None:
     for name in LISTED:
         register(GeminiModel(name))
 
 
 @hookimpl
-def model_for_name(name: str):
+def model_for_name(name: str) -> Model | None:
     if re.match(r"^(models/)?(gemini|gemma)-", name):
         return GeminiModel(name, listed=False)
     return None

@@ -5,31 +5,27 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import httpx
 
 from captioner.hookspecs import hookimpl
+from captioner.http_model import HTTPModel, jpeg_base64
 from captioner.models import (
     FAILED,
     REFUSED,
     CaptionRequest,
     CaptionResult,
+    Model,
+    ProviderError,
     empty_caption_error,
     error_body,
     error_for_status,
     error_message,
-    is_event_stream,
-    Model,
-    option_value,
-    ProviderError,
-    response_json,
-    sse_payloads,
 )
+from captioner.options import MAX_TOKENS, TEMPERATURE, TOP_K, TOP_P
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -47,21 +43,35 @@ def anthropic_image_tokens(width: int, height: int) -> int:
     return math.ceil(w * h / 750)
 
 
-class ClaudeModel(Model):
+OPTIONS = (MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K)
+
+
+class ClaudeModel(HTTPModel):
     provider = "anthropic"
     batch_discount = 0.5  # the provider's Batch API halves both prices
     key_name = "anthropic"
     key_env = ("ANTHROPIC_API_KEY",)
+    accepted_options = OPTIONS
 
     def __init__(self, model_id: str, listed: bool = True) -> None:
         self.model_id = model_id
         self.listed = listed
 
-    def image_tokens(self, width: int, height: int, options: Mapping[str, str]) -> int:
+    def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
         return anthropic_image_tokens(width, height)
 
+    def endpoint(self) -> str:
+        base = (os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
+
+    def request_headers(self, key: str | None) -> dict[str, str]:
+        return {**super().request_headers(key), "anthropic-version": API_VERSION}
+
     def build_body(self, request: CaptionRequest) -> dict[str, Any]:
-        options = dict(request.options)
+        options = self.typed_options(request)
         body: dict[str, Any] = {
             "model": self.model_id,
             "max_tokens": self.max_output_tokens(options),
@@ -71,36 +81,26 @@ class ClaudeModel(Model):
                     "content": [
                         {
                             "type": "image",
-                            "source": {
-                                "type": "base64",
-                                "media_type": "image/jpeg",
-                                "data": base64.b64encode(request.jpeg).decode("ascii"),
-                            },
+                            "source": {"type": "base64", "media_type": "image/jpeg", "data": jpeg_base64(request)},
                         },
                         {"type": "text", "text": request.prompt},
                     ],
                 }
             ],
         }
-        options.pop("max_tokens", None)
         if request.system:
             body["system"] = request.system
-        for key, value in options.items():
-            body[key] = option_value(value)
+        body.update({name: options[name] for name in ("temperature", "top_p", "top_k") if name in options})
         return body
 
-    async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
-        base = (os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
-        headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
-        if request.key:
-            headers["x-api-key"] = request.key
-        response = await client.post(url, content=json.dumps(self.build_body(request)), headers=headers)
-        if response.status_code != 200:
-            raise map_error(response)
-        if is_event_stream(response):
-            return parse_message(fold_stream(sse_payloads(response.text)))
-        return parse_message(response_json(response))
+    def map_error(self, response: httpx.Response) -> ProviderError:
+        return map_error(response)
+
+    def fold_stream(self, events: list[Any]) -> Any:
+        return fold_stream(events)
+
+    def parse_body(self, body: Any) -> CaptionResult:
+        return parse_message(body)
 
 
 def map_error(response: httpx.Response) -> ProviderError:
@@ -159,13 +159,13 @@ def fold_stream(events: list[Any]) -> dict[str, Any]:
 
 
 @hookimpl
-def register_models(register):
+def register_models(register: Callable[[Model], None]) -> None:
     for name in LISTED:
         register(ClaudeModel(name))
 
 
 @hookimpl
-def model_for_name(name: str):
+def model_for_name(name: str) -> Model | None:
     if name.startswith("claude-"):
         return ClaudeModel(name, listed=False)
     return None

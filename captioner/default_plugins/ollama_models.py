@@ -6,32 +6,37 @@ Local models cost $0 unless priced in the user's price file.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import httpx
 
 from captioner.hookspecs import hookimpl
+from captioner.http_model import HTTPModel, jpeg_base64
 from captioner.models import (
     FAILED,
     CaptionRequest,
     CaptionResult,
+    Model,
+    ProviderError,
     empty_caption_error,
     error_body,
     error_for_status,
-    Model,
-    option_value,
-    ProviderError,
 )
+from captioner.options import MAX_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, Option
 
 DEFAULT_HOST = "127.0.0.1:11434"
 # Image tokens differ per vision model family; llava's CLIP encoder uses 576.
 IMAGE_TOKENS = {"gemma3": 256, "llava": 576, "bakllava": 576, "moondream": 729, "llama3.2-vision": 1601,
                 "qwen2.5vl": 1024, "minicpm-v": 640}
 DEFAULT_IMAGE_TOKENS = 576
-OPTION_NAMES = {"max_tokens": "num_predict"}
+OPTIONS = (
+    MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED,
+    Option("num_ctx", "int", "Context window the server allocates", minimum=256, maximum=1048576),
+    Option("repeat_penalty", "float", "Penalise repeated tokens", minimum=0, maximum=10),
+    Option("keep_alive", "str", "How long the server keeps the model loaded (e.g. 5m, 0)"),
+)
 
 
 def ollama_base_url() -> str:
@@ -44,42 +49,45 @@ def ollama_base_url() -> str:
     return f"{scheme}://{rest}"
 
 
-class OllamaModel(Model):
+class OllamaModel(HTTPModel):
     provider = "local"
     needs_key = False
     key_env = ()
+    accepted_options = OPTIONS
 
     def __init__(self, name: str, listed: bool = True) -> None:
         self.name = name
         self.model_id = f"ollama/{name}"
         self.listed = listed
 
-    def image_tokens(self, width: int, height: int, options: Mapping[str, str]) -> int:
+    def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
         family = self.name.split(":", 1)[0]
         return IMAGE_TOKENS.get(family, DEFAULT_IMAGE_TOKENS)
 
+    def endpoint(self) -> str:
+        return ollama_base_url() + "/api/chat"
+
     def build_body(self, request: CaptionRequest) -> dict[str, Any]:
+        options = self.typed_options(request)
         messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
-        messages.append(
-            {"role": "user", "content": request.prompt, "images": [base64.b64encode(request.jpeg).decode("ascii")]}
-        )
-        options = {"num_predict": self.max_output_tokens(request.options)}
-        for key, value in request.options.items():
-            if key != "max_tokens":
-                options[OPTION_NAMES.get(key, key)] = option_value(value)
-        return {"model": self.name, "messages": messages, "stream": False, "options": options}
+        messages.append({"role": "user", "content": request.prompt, "images": [jpeg_base64(request)]})
+        model_options = {"num_predict": self.max_output_tokens(options)}
+        model_options.update({k: v for k, v in options.items() if k not in ("max_tokens", "keep_alive")})
+        body = {"model": self.name, "messages": messages, "stream": False, "options": model_options}
+        if "keep_alive" in options:
+            body["keep_alive"] = options["keep_alive"]
+        return body
 
-    async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
-        response = await client.post(
-            ollama_base_url() + "/api/chat",
-            content=json.dumps(self.build_body(request)),
-            headers={"content-type": "application/json"},
-        )
-        if response.status_code != 200:
-            raise map_error(response, self.name)
-        return parse_response(response.text)
+    def read_body(self, response: httpx.Response) -> Any:
+        return response.text  # one JSON object, or NDJSON lines if the server streamed anyway
+
+    def map_error(self, response: httpx.Response) -> ProviderError:
+        return map_error(response, self.name)
+
+    def parse_body(self, body: Any) -> CaptionResult:
+        return parse_response(body)
 
 
 def map_error(response: httpx.Response, name: str) -> ProviderError:
@@ -119,14 +127,14 @@ def parse_response(text: str) -> CaptionResult:
 
 
 @hookimpl
-def model_for_name(name: str):
+def model_for_name(name: str) -> Model | None:
     if name.startswith("ollama/") and len(name) > len("ollama/"):
         return OllamaModel(name.split("/", 1)[1], listed=False)
     return None
 
 
 @hookimpl
-def discover_models():
+def discover_models() -> list[Model]:
     """The models installed on the Ollama server, if one answers quickly."""
     try:
         response = httpx.get(ollama_base_url() + "/api/tags", timeout=1.5)

@@ -7,32 +7,28 @@ Names: the listed OpenAI models, any other `gpt-*` / `o*` name, and
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import httpx
 
 from captioner.hookspecs import hookimpl
+from captioner.http_model import HTTPModel, jpeg_base64
 from captioner.models import (
     DEFAULT_MAX_TOKENS,
     FAILED,
     REFUSED,
-    CaptionRequest,
     CaptionResult,
+    CaptionRequest,
+    Model,
+    ProviderError,
     empty_caption_error,
     error_body,
     error_for_status,
-    is_event_stream,
-    Model,
-    option_value,
-    ProviderError,
-    response_json,
-    sse_payloads,
 )
+from captioner.options import MAX_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, Option
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -92,11 +88,30 @@ def patch_tokens(width: int, height: int, multiplier: float) -> int:
     return math.ceil(patches * multiplier)
 
 
-class OpenAIChatModel(Model):
+OPTIONS = (
+    MAX_TOKENS, TEMPERATURE, TOP_P, SEED,
+    Option("detail", "str", "Image detail: low is a flat, cheap token count", choices=("low", "high", "auto")),
+    Option("reasoning_effort", "str", "Reasoning models: how hard to think (billed as output)",
+           choices=("none", "minimal", "low", "medium", "high")),
+    Option("frequency_penalty", "float", "Penalise repeated tokens", minimum=-2, maximum=2),
+    Option("presence_penalty", "float", "Penalise tokens already used", minimum=-2, maximum=2),
+)
+# Engines such as vLLM and llama.cpp take a few sampling knobs OpenAI does not.
+COMPATIBLE_OPTIONS = OPTIONS + (
+    TOP_K,
+    Option("repetition_penalty", "float", "vLLM / llama.cpp repetition penalty", minimum=0, maximum=10),
+    Option("min_p", "float", "vLLM / llama.cpp minimum token probability", minimum=0, maximum=1),
+)
+PASSED_AS_IS = ("temperature", "top_p", "seed", "reasoning_effort", "frequency_penalty", "presence_penalty",
+                "top_k", "repetition_penalty", "min_p")
+
+
+class OpenAIChatModel(HTTPModel):
     provider = "openai"
     batch_discount = 0.5  # the provider's Batch API halves both prices
     key_name = "openai"
     key_env = ("OPENAI_API_KEY",)
+    accepted_options = OPTIONS
 
     def __init__(self, model_id: str, *, api_model: str | None = None, compatible: bool = False,
                  listed: bool = True) -> None:
@@ -109,21 +124,23 @@ class OpenAIChatModel(Model):
         if compatible:
             self.provider = "openai-compatible"
             self.batch_discount = None
+            self.accepted_options = COMPATIBLE_OPTIONS
 
-    def image_tokens(self, width: int, height: int, options: Mapping[str, str]) -> int:
+    def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
         multiplier = _longest_prefix(self.api_model, PATCH_MULTIPLIERS)
         if multiplier is not None:
             return patch_tokens(width, height, multiplier)
         base, per_tile = _longest_prefix(self.api_model, TILE_RATES) or (85, 170)
-        return tile_tokens(width, height, base, per_tile, options.get("detail", "auto"))
+        return tile_tokens(width, height, base, per_tile, str(options.get("detail", "auto")))
+
+    def endpoint(self) -> str:
+        return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
 
     def build_body(self, request: CaptionRequest) -> dict[str, Any]:
-        options = dict(request.options)
-        image_url: dict[str, Any] = {
-            "url": "data:image/jpeg;base64," + base64.b64encode(request.jpeg).decode("ascii")
-        }
+        options = self.typed_options(request)
+        image_url: dict[str, Any] = {"url": "data:image/jpeg;base64," + jpeg_base64(request)}
         if "detail" in options:
-            image_url["detail"] = options.pop("detail")
+            image_url["detail"] = options["detail"]
         messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
@@ -137,30 +154,22 @@ class OpenAIChatModel(Model):
             }
         )
         body: dict[str, Any] = {"model": self.api_model, "messages": messages}
-        max_tokens = int(options.pop("max_tokens", DEFAULT_MAX_TOKENS))
+        max_tokens = options.get("max_tokens", DEFAULT_MAX_TOKENS)
         body["max_tokens" if self.compatible else "max_completion_tokens"] = max_tokens
         if not self.compatible and re.match(r"^gpt-5(-mini|-nano)?$", self.api_model):
             # Reasoning adds cost and nothing to a caption; gpt-5 allows turning most of it off.
             body["reasoning_effort"] = "minimal"
-        for key, value in options.items():
-            body[key] = option_value(value)
+        body.update({name: options[name] for name in PASSED_AS_IS if name in options})
         return body
 
-    async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
-        base_url = os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        headers = {"Content-Type": "application/json"}
-        if request.key:
-            headers["Authorization"] = f"Bearer {request.key}"
-        response = await client.post(
-            base_url.rstrip("/") + "/chat/completions",
-            content=json.dumps(self.build_body(request)),
-            headers=headers,
-        )
-        if response.status_code != 200:
-            raise map_error(response)
-        if is_event_stream(response):
-            return parse_response(fold_stream(sse_payloads(response.text)))
-        return parse_response(response_json(response))
+    def map_error(self, response: httpx.Response) -> ProviderError:
+        return map_error(response)
+
+    def fold_stream(self, events: list[Any]) -> Any:
+        return fold_stream(events)
+
+    def parse_body(self, body: Any) -> CaptionResult:
+        return parse_response(body)
 
 
 def map_error(response: httpx.Response) -> ProviderError:
@@ -226,13 +235,13 @@ def _content_text(content: Any) -> str | None:
 
 
 @hookimpl
-def register_models(register):
+def register_models(register: Callable[[Model], None]) -> None:
     for name in LISTED:
         register(OpenAIChatModel(name))
 
 
 @hookimpl
-def model_for_name(name: str):
+def model_for_name(name: str) -> Model | None:
     if name.startswith("openai/"):
         return OpenAIChatModel(name, api_model=name.split("/", 1)[1], compatible=True, listed=False)
     if OPENAI_NAME.match(name):

@@ -1,0 +1,90 @@
+"""The skeleton every HTTP provider shares, so a provider module is only its
+request and response shapes.
+
+`HTTPModel.caption` posts the JSON body a subclass builds, maps a non-200
+status to a retryable / final / fatal `ProviderError`, folds a streamed
+(server-sent events) body into one response when a server streams anyway, and
+hands the body to the subclass's parser.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import httpx
+
+from .models import (
+    CaptionRequest,
+    CaptionResult,
+    Model,
+    ProviderError,
+    error_body,
+    error_for_status,
+    is_event_stream,
+    response_json,
+    sse_payloads,
+)
+
+
+class HTTPModel(Model):
+    """A vision model behind an HTTP JSON API.
+
+    Subclasses implement `endpoint`, `build_body` and `parse_body`; they
+    override `auth_headers`, `map_error`, `fold_stream` or `read_body` only
+    where their provider differs from the common case.
+    """
+
+    def endpoint(self) -> str:
+        """The URL requests are posted to (read from the environment at call time)."""
+        raise NotImplementedError
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        """Headers that carry the API key."""
+        return {"Authorization": f"Bearer {key}"}
+
+    def request_headers(self, key: str | None) -> dict[str, str]:
+        """Every header a request carries (override to add a version header)."""
+        headers = {"content-type": "application/json"}
+        if key:
+            headers.update(self.auth_headers(key))
+        return headers
+
+    def build_body(self, request: CaptionRequest) -> dict[str, Any]:
+        """The JSON request body for one image."""
+        raise NotImplementedError
+
+    def parse_body(self, body: Any) -> CaptionResult:
+        """A successful response body to a CaptionResult."""
+        raise NotImplementedError
+
+    def fold_stream(self, events: list[Any]) -> Any:
+        """Server-sent events folded into the body a non-streamed answer would have."""
+        raise ProviderError("unexpected event stream from server", retryable=True)
+
+    def map_error(self, response: httpx.Response) -> ProviderError:
+        """A non-200 response to a ProviderError (override to spot fatal cases in the body)."""
+        _, message = error_body(response)
+        return error_for_status(response, message)
+
+    def read_body(self, response: httpx.Response) -> Any:
+        if is_event_stream(response):
+            return self.fold_stream(sse_payloads(response.text))
+        return response_json(response)
+
+    def typed_options(self, request: CaptionRequest) -> dict[str, Any]:
+        """The request's `-o` values, typed by the model's declared options."""
+        return self.validate_options(request.options)
+
+    async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
+        body = json.dumps(self.build_body(request))
+        response = await client.post(self.endpoint(), content=body, headers=self.request_headers(request.key))
+        if response.status_code != 200:
+            raise self.map_error(response)
+        return self.parse_body(self.read_body(response))
+
+
+def jpeg_base64(request: CaptionRequest) -> str:
+    """The request's image as base64 text, as every JSON wire format wants it."""
+    return base64.b64encode(request.jpeg).decode("ascii")
