@@ -10,10 +10,9 @@ from typing import Any, Callable
 import click
 
 from . import config, estimate as estimating, export as exporting, pricing, report
-from .compare import compare as compare_models
+from .compare import COLUMNS as COMPARE_COLUMNS, compare as compare_models, render_page
 from .search import MARK_END, MARK_START, QueryError, run_sql, search as search_captions
-from .gallery import GalleryItem, render
-from .batch import DEFAULT_PROMPT, RunSettings, caption_paths
+from .pipeline import DEFAULT_PROMPT, RunSettings, caption_paths
 from .config import ConfigError
 from .options import OptionError
 from .plugins import UnknownModel, discovered_models, get_model, listed_models
@@ -341,10 +340,6 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
                        "cost_per_1000_images", "batch_cost_usd"])
 
 
-COMPARE_COLUMNS = ["model", "ok", "failed", "mean_input_tokens", "mean_output_tokens", "usd_per_image",
-                   "usd_per_1000", "projected_usd_all_photos", "median_latency_ms"]
-
-
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-m", "--model", "model_names", multiple=True, required=True, help="Model id (at least two)")
@@ -379,11 +374,8 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
         if summary.status == "failed":
             raise ConfigFailure(summary.message or f"{summary.model} failed")
     if html_file:
-        items = [GalleryItem(path, result.captions[path]) for path in result.paths]
-        page = render(f"captioner compare: {len(result.paths)} of {result.total_photos} photos", items,
-                      [m.model_id for m in models], result.rows, COMPARE_COLUMNS)
         with open(html_file, "w", encoding="utf-8") as fh:
-            fh.write(page)
+            fh.write(render_page(result, models))
     if as_json:
         print_json({"sample": len(result.paths), "photos": result.total_photos, "models": result.rows})
         return

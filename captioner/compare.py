@@ -8,10 +8,16 @@ import statistics
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
-from .batch import RunSettings, RunSummary, caption_paths
+from . import pricing
+from .gallery import GalleryItem, render
 from .models import Model
+from .pipeline import RunSettings, caption_paths
+from .report import RunSummary
 from .scan import Found, scan
-from .store import Store
+from .store import PHOTO_CAPTIONS_JOIN, Store
+
+COLUMNS = ["model", "ok", "failed", "mean_input_tokens", "mean_output_tokens", "usd_per_image",
+           "usd_per_1000", "projected_usd_all_photos", "median_latency_ms"]
 
 
 def sample(roots: Sequence[str], n: int, include: Sequence[str] = (), exclude: Sequence[str] = ()
@@ -36,8 +42,7 @@ def latest_captions(store: Store, paths: Sequence[str], model: str, prompt: str)
     found: dict[str, dict[str, Any]] = {}
     for path in paths:
         row = next(iter(store.query(
-            """SELECT c.* FROM images i JOIN images j ON j.sha256 = i.sha256
-               JOIN captions c ON c.image_id = j.id
+            f"""SELECT c.* FROM {PHOTO_CAPTIONS_JOIN}
                WHERE i.path = ? AND c.model = ? AND c.prompt = ?
                ORDER BY c.id DESC LIMIT 1""",
             (path, model, prompt),
@@ -50,7 +55,10 @@ def latest_captions(store: Store, paths: Sequence[str], model: str, prompt: str)
 def model_row(model: str, rows: Sequence[dict[str, Any]], total_photos: int) -> dict[str, Any]:
     answered = [r for r in rows if r["status"] != "failed"]
     priced = [r["cost_usd"] for r in answered if r["cost_usd"] is not None]
-    per_image = sum(priced) / len(priced) if priced and len(priced) == len(answered) else None
+    # Unpriced if any answer is: a partial sum would understate the cost.
+    total = sum(priced) if priced and len(priced) == len(answered) else None
+    per_1000 = pricing.per_thousand(total, len(answered))
+    per_image = per_1000 / 1000 if per_1000 is not None else None
     durations = [r["duration_ms"] for r in answered if r["duration_ms"] is not None]
     return {
         "model": model,
@@ -59,7 +67,7 @@ def model_row(model: str, rows: Sequence[dict[str, Any]], total_photos: int) -> 
         "mean_input_tokens": round(statistics.mean(r["input_tokens"] for r in answered), 1) if answered else None,
         "mean_output_tokens": round(statistics.mean(r["output_tokens"] for r in answered), 1) if answered else None,
         "usd_per_image": per_image,
-        "usd_per_1000": per_image * 1000 if per_image is not None else None,
+        "usd_per_1000": per_1000,
         "projected_usd_all_photos": per_image * total_photos if per_image is not None else None,
         "median_latency_ms": statistics.median(durations) if durations else None,
     }
@@ -87,3 +95,10 @@ def compare(
         for path, row in found.items():
             captions[path][model.model_id] = (row["status"], row["caption"] if row["status"] == "ok" else row["error"])
     return Comparison(table, captions, paths, total), summaries
+
+
+def render_page(comparison: Comparison, models: Sequence[Model]) -> str:
+    """The HTML page: thumbnails with every model's caption side by side, and the table."""
+    items = [GalleryItem(path, comparison.captions[path]) for path in comparison.paths]
+    title = f"captioner compare: {len(comparison.paths)} of {comparison.total_photos} photos"
+    return render(title, items, [m.model_id for m in models], comparison.rows, COLUMNS)

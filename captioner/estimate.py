@@ -8,10 +8,9 @@ Priced per image with the same price lookup as real runs.
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 from . import pricing
 from .media import ImageError, header_facts, sent_size
@@ -19,11 +18,6 @@ from .models import Model
 from .scan import Found, scan
 
 DEFAULT_OUTPUT_TOKENS = 100
-
-
-def prompt_tokens(*texts: str | None) -> int:
-    """Text tokens, about four characters each (the usual rule of thumb for English)."""
-    return sum(math.ceil(len(t) / 4) for t in texts if t)
 
 
 @dataclass
@@ -37,7 +31,6 @@ class ModelEstimate:
     batch_cost_usd: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        per_image = self.cost_usd / self.images if self.images and self.cost_usd is not None else None
         return {
             "model": self.model,
             "images": self.images,
@@ -46,7 +39,7 @@ class ModelEstimate:
             "output_tokens": self.output_tokens,
             "input_tokens_per_image": round(self.input_tokens / self.images, 1) if self.images else None,
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
-            "cost_per_1000_images": None if per_image is None else round(per_image * 1000, 6),
+            "cost_per_1000_images": None if self.cost_usd is None else pricing.per_thousand(self.cost_usd, self.images),
             "batch_cost_usd": None if self.batch_cost_usd is None else round(self.batch_cost_usd, 8),
         }
 
@@ -64,17 +57,10 @@ def image_headers(paths: Iterable[Found], threads: int = 8) -> list[tuple[int, i
         return list(pool.map(facts, paths))
 
 
-def input_tokens(model: Model, sent_width: int, sent_height: int, options: Mapping[str, str], prompt: str,
-                 system: str | None) -> int:
-    """Input tokens one request would be billed: the image rule on the size sent, plus the text.
-    The one definition of "estimated input", used by `estimate` and stored with every caption."""
-    return model.image_tokens(sent_width, sent_height, options) + prompt_tokens(prompt, system)
-
-
 def input_tokens_for(model: Model, width: int, height: int, fmt: str, frames: int, max_side: int | None,
                      options: dict[str, str], prompt: str, system: str | None) -> int:
-    """`input_tokens` for an image known only by its header."""
-    return input_tokens(model, *sent_size(width, height, fmt, frames, max_side or model.max_side), options,
+    """`pricing.estimated_input_tokens` for an image known only by its header."""
+    return pricing.estimated_input_tokens(model, *sent_size(width, height, fmt, frames, max_side or model.max_side), options,
                         prompt, system)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .gallery import GalleryItem, render
-from .store import Store
+from .store import PHOTO_CAPTIONS_JOIN, Store
 
 
 def newest_captions(store: Store, model: str | None = None) -> Iterator[dict[str, Any]]:
@@ -22,10 +22,10 @@ def newest_captions(store: Store, model: str | None = None) -> Iterator[dict[str
     yield from store.query(
         f"""SELECT i.path, i.taken_at, i.width, i.height, i.camera_make, i.camera_model, i.gps_lat, i.gps_lon,
                    c.model, c.prompt, c.caption, c.input_tokens, c.output_tokens, c.cost_usd, c.created_at
-            FROM images i
-            JOIN captions c ON c.id = (
-                SELECT c2.id FROM images j JOIN captions c2 ON c2.image_id = j.id
-                WHERE j.sha256 = i.sha256 AND c2.status = 'ok' {model_filter}
+            FROM {PHOTO_CAPTIONS_JOIN}
+            WHERE c.id = (
+                SELECT c2.id FROM captions c2 JOIN images j2 ON j2.id = c2.image_id
+                WHERE j2.sha256 = i.sha256 AND c2.status = 'ok' {model_filter}
                 ORDER BY c2.id DESC LIMIT 1)
             ORDER BY i.path""",
         {"model": model} if model else {},

@@ -10,11 +10,13 @@ An unknown price is None, never a silent $0.
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import Any, Mapping
 
 from genai_prices import Usage, calc_price
 
@@ -44,6 +46,27 @@ class RequestCost:
 
 
 UNKNOWN = RequestCost(None, None, None, "unknown")
+
+
+def prompt_tokens(*texts: str | None) -> int:
+    """Text tokens, about four characters each (the usual rule of thumb for English)."""
+    return sum(math.ceil(len(t) / 4) for t in texts if t)
+
+
+def estimated_input_tokens(model: Model, sent_width: int, sent_height: int, options: Mapping[str, Any],
+                           prompt: str, system: str | None) -> int:
+    """Input tokens one request would be billed: the model's image rule on the
+    size sent, plus the text. The one definition of "estimated input", used by
+    `estimate`, the budget, and stored with every caption."""
+    return model.image_tokens(sent_width, sent_height, options) + prompt_tokens(prompt, system)
+
+
+def per_thousand(cost_usd: float | None, images: int) -> float | None:
+    """Cost per 1,000 images: the one definition every report uses. None when
+    nothing was priced or there is nothing to divide by."""
+    if cost_usd is None or not images:
+        return None
+    return round(cost_usd / images * 1000, 6)
 
 
 def price_ref(model_id: str) -> str:

@@ -2,12 +2,60 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import config, pricing
-from .batch import RunSummary
 from .models import Model
-from .store import Store
+from .store import UNPRICED, Store
+
+
+@dataclass
+class RunSummary:
+    """What one run did: counts, tokens, cost, and why it ended."""
+
+    run_id: int
+    model: str
+    status: str = "completed"
+    ok: int = 0
+    failed: int = 0
+    refused: int = 0
+    skipped_done: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    not_sent: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: int = 0
+    retries: int = 0
+    message: str | None = None
+
+    @property
+    def captioned(self) -> int:
+        return self.ok + self.failed + self.refused
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "model": self.model,
+            "status": self.status,
+            "ok": self.ok,
+            "failed": self.failed,
+            "refused_or_blocked": self.refused,
+            "skipped_done": self.skipped_done,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "failures": [{"path": p, "error": e} for p, e in self.failures],
+            "not_sent": self.not_sent,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": round(self.cost_usd, 8),
+            # Billed answers (ok, refused, blocked) are what a library pays per image.
+            "cost_per_1000_images": pricing.per_thousand(self.cost_usd, self.ok + self.refused) or 0.0,
+            "unpriced": self.unpriced,
+            "retries": self.retries,
+            "message": self.message,
+        }
 
 GROUPINGS = {
     "model": ("c.model", "model"),
@@ -58,7 +106,7 @@ def cost_rows(store: Store, by: str) -> list[dict[str, Any]]:
                coalesce(sum(c.input_tokens), 0) AS input_tokens,
                coalesce(sum(c.output_tokens), 0) AS output_tokens,
                round(sum(c.cost_usd), 8) AS cost_usd,
-               sum(c.cost_usd IS NULL AND c.input_tokens IS NOT NULL) AS unpriced,
+               sum({UNPRICED}) AS unpriced,
                avg(CASE WHEN c.input_tokens IS NOT NULL THEN c.estimated_input_tokens END) AS est_in,
                avg(CASE WHEN c.estimated_input_tokens IS NOT NULL THEN c.input_tokens END) AS billed_in
         FROM captions c
@@ -68,7 +116,7 @@ def cost_rows(store: Store, by: str) -> list[dict[str, Any]]:
     for row in rows:
         priced = row["captions"] - row["failed"] if row["captions"] else 0
         cost = row["cost_usd"]
-        row["cost_per_1000_images"] = round(cost / priced * 1000, 6) if priced and cost is not None else None
+        row["cost_per_1000_images"] = pricing.per_thousand(cost, priced)
         row["mean_input_tokens"] = round(row["input_tokens"] / priced, 1) if priced else None
         # How far `captioner estimate` was from the bill, so users learn how far to trust it.
         est, billed = row.pop("est_in"), row.pop("billed_in")

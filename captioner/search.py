@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from .store import Store
+from .store import PHOTO_CAPTIONS_JOIN, Store
 
 MARK_START, MARK_END = "\x02", "\x03"  # snippet highlight markers, rendered by the caller
 
@@ -32,10 +32,8 @@ def search(store: Store, query: str, *, model: str | None = None, since: str | N
         SELECT i.path, c.model, i.taken_at, c.caption,
                snippet(captions_fts, 0, '{MARK_START}', '{MARK_END}', '…', 16) AS snippet,
                bm25(captions_fts) AS score
-        FROM captions_fts
-        JOIN captions c ON c.id = captions_fts.rowid
-        JOIN images j ON j.id = c.image_id
-        JOIN images i ON i.sha256 = j.sha256
+        FROM {PHOTO_CAPTIONS_JOIN}
+        JOIN captions_fts ON captions_fts.rowid = c.id
         WHERE {' AND '.join(where)}
         ORDER BY score, i.path
         LIMIT :limit

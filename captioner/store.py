@@ -26,6 +26,14 @@ from .models import CaptionResult
 BUSY_TIMEOUT_MS = 60_000
 FINAL_STATUSES = ("ok", "refused", "blocked")
 
+# The one definition of "the captions of a photo": through its content hash,
+# so a copy of a captioned photo (another path, the same bytes) shows its
+# captions. `i` is the photo asked about, `c` its captions.
+PHOTO_CAPTIONS_JOIN = "images i JOIN images j ON j.sha256 = i.sha256 JOIN captions c ON c.image_id = j.id"
+# The one definition of "unpriced": an answer (or a billed failure: it has
+# token counts) with no known cost.
+UNPRICED = "(c.cost_usd IS NULL AND (c.input_tokens IS NOT NULL OR c.status != 'failed'))"
+
 
 class StoreError(Exception):
     """The database cannot be opened or is not a captioner database."""
@@ -134,9 +142,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                       c.model, c.prompt, c.caption, c.status, c.error,
                       c.input_tokens, c.output_tokens, c.cost_usd, c.created_at AS captioned_at,
                       c.id AS caption_id, i.id AS image_id
-               FROM images i
-               JOIN images j ON j.sha256 = i.sha256
-               JOIN captions c ON c.image_id = j.id""",
+               FROM """ + PHOTO_CAPTIONS_JOIN,
         ],
     ),
 ]
@@ -373,15 +379,15 @@ class Store:
 
     def run_totals(self, run_id: int) -> dict[str, Any]:
         row = self.conn.execute(
-            """SELECT count(*),
+            f"""SELECT count(*),
                       coalesce(sum(status = 'ok'), 0),
                       coalesce(sum(status = 'failed'), 0),
                       coalesce(sum(status IN ('refused', 'blocked')), 0),
                       coalesce(sum(input_tokens), 0),
                       coalesce(sum(output_tokens), 0),
                       coalesce(sum(cost_usd), 0.0),
-                      coalesce(sum(cost_usd IS NULL AND status != 'failed'), 0)
-               FROM captions WHERE run_id = ?""",
+                      coalesce(sum({UNPRICED}), 0)
+               FROM captions c WHERE run_id = ?""",
             (run_id,),
         ).fetchone()
         keys = ("captions", "ok", "failed", "refused", "input_tokens", "output_tokens", "cost_usd", "unpriced")

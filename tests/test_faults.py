@@ -117,13 +117,13 @@ def test_rate_limits_lower_concurrency(fake_openai, photos, tmp_path, db):
     limited = Fault(429, {"error": {"message": "Rate limit", "code": "rate_limit_exceeded"}}, {"retry-after": "0"})
     fake_openai.fault_fn = lambda n: limited if 4 <= n < 12 else None
     events = []
-    from captioner import batch
+    from captioner import pipeline
     from captioner.plugins import get_model
     from captioner.store import Store
 
     store = Store(str(db))
-    summary = batch.caption_paths([tmp_path / "lib"], get_model("gpt-4o-mini"), store,
-                                  batch.RunSettings(key="sk-test", concurrency=8, backoff_base=0.01),
+    summary = pipeline.caption_paths([tmp_path / "lib"], get_model("gpt-4o-mini"), store,
+                                  pipeline.RunSettings(key="sk-test", concurrency=8, backoff_base=0.01),
                                   progress_factory=lambda total: events.append)
     assert summary.ok == 24
     seen = [e["concurrency"] for e in events if "concurrency" in e]

@@ -1,0 +1,259 @@
+"""The synchronous run: plan -> prepare (threads) -> send (async) -> record.
+
+Each stage lives in its own module; this one only wires them together:
+
+    plan.py     which files need a caption (reads the database, never writes)
+    media.py    read and prepare an image (in a thread pool, off the event loop)
+    budget.py   reserve each request's worst case under --max-cost
+    send.py     one request with retries, answering Answer / NoAnswer / NotSent
+    ledger.py   record each answer at once and keep the summary
+    control.py  the one place that decides the run stops, and why
+
+A second way of sending (a provider batch job, submitted now and collected
+later) reuses plan, prepare, budget and ledger, and replaces only `send`.
+The event loop is the only thread that writes SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import httpx
+
+from . import pricing
+from .budget import Budget
+from .control import RunControl
+from .ledger import Ledger, Recipe, failed
+from .media import ImageError, prepare_image, read_file
+from .models import CaptionRequest, Model
+from .plan import Plan, make_plan
+from .report import RunSummary
+from .scan import Found
+from .send import AdaptiveLimit, Answer, NoAnswer, NotSent, RateCap, RetryPolicy, Sender
+from .store import CLAIMED, DONE, Store
+
+DEFAULT_PROMPT = (
+    "Describe this photo in one or two factual sentences: the main subject, the setting, "
+    "and any legible text. Do not speculate."
+)
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class RunSettings:
+    prompt: str = DEFAULT_PROMPT
+    system: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    key: str | None = None
+    max_side: int | None = None
+    concurrency: int = 8
+    limit: int | None = None
+    force: bool = False
+    retry_failed: bool = False
+    max_cost: float | None = None
+    retries: int = 4
+    timeout: float = 120.0
+    connect_timeout: float = 10.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    retry_after_cap: float = 300.0
+    rpm: float | None = None
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    prepare_threads: int = max(2, os.cpu_count() or 2)
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retries, self.timeout, self.backoff_base, self.backoff_cap, self.retry_after_cap)
+
+
+class Runner:
+    """One `captioner caption` run of one model over a plan."""
+
+    def __init__(self, store: Store, model: Model, settings: RunSettings, progress: Progress | None = None) -> None:
+        self.store = store
+        self.model = model
+        self.settings = settings
+        self.progress: Progress = progress or (lambda update: None)
+        self.max_side = settings.max_side or model.max_side
+        self.user_prices = pricing.load_user_prices()
+        self.control = RunControl(model.model_id)
+        self.budget = Budget(settings.max_cost, model, settings.options, self.user_prices)
+        self.limit = AdaptiveLimit(settings.concurrency)
+        self.inflight: dict[str, asyncio.Future[None]] = {}
+        self.finished_shas: set[str] = set()  # content handled in this run, even with --force
+
+    def plan(self, roots: Sequence[str]) -> Plan:
+        s = self.settings
+        return make_plan(self.store, roots, self.model.model_id, s.prompt, force=s.force,
+                         retry_failed=s.retry_failed, include=s.include, exclude=s.exclude, limit=s.limit)
+
+    def run(self, plan: Plan) -> RunSummary:
+        """Open the run's row, caption the plan, and close the row with the true status."""
+        s = self.settings
+        run_id = self.store.start_run(self.model.model_id, s.prompt, self._run_options())
+        summary = RunSummary(run_id, self.model.model_id, skipped_done=plan.skipped_done,
+                             skipped=list(plan.skipped), not_sent=plan.over_limit)
+        self.plan_done = plan.done
+        self.ledger = Ledger(self.store, self.model, Recipe(s.prompt), summary, self.control, self.user_prices,
+                             self.progress, concurrency=lambda: int(self.limit.limit))
+        try:
+            asyncio.run(self._run_all(plan.todo))
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt):
+                self.control.crashed(f"captioner stopped on an unexpected error: {exc.__class__.__name__}: {exc}")
+            raise
+        finally:
+            self.ledger.close()
+            self.store.release_all()
+            summary.status, summary.message = self.control.status, self.control.message
+            totals = self.store.finish_run(run_id, summary.status, len(plan.todo) + plan.skipped_done)
+            summary.unpriced = totals["unpriced"]
+        return summary
+
+    def _run_options(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "system": s.system,
+            "options": s.options,
+            "max_side": self.max_side,
+            "concurrency": s.concurrency,
+            "max_cost": s.max_cost,
+        }
+
+    async def _run_all(self, todo: list[Found]) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(max_workers=s.prepare_threads, thread_name_prefix="prepare")
+        timeout = httpx.Timeout(s.timeout, connect=s.connect_timeout)
+        limits = httpx.Limits(max_connections=s.concurrency, max_keepalive_connections=s.concurrency)
+        queue = iter(todo)
+        tasks: list[asyncio.Task[None]] = []
+
+        def on_interrupt() -> None:
+            if self.control.interrupt():
+                for task in tasks:
+                    task.cancel()
+            else:
+                self.progress({"message": "stopping: waiting for requests in flight (Ctrl-C again to abandon them)"})
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+        try:
+            async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+                sender = Sender(self.model, client, self.control, s.retry_policy(), self.limit, RateCap(s.rpm),
+                                on_retry=self.ledger.retried)
+                # More workers than request slots, so images are being prepared
+                # while the slots are busy waiting on the network.
+                workers = s.concurrency + s.prepare_threads
+                tasks = [asyncio.create_task(self._worker(queue, sender, executor)) for _ in range(workers)]
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                for result in results:
+                    if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                        raise result
+        finally:
+            try:
+                loop.remove_signal_handler(signal.SIGINT)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+            executor.shutdown(wait=True, cancel_futures=True)
+        self.ledger.not_sent(sum(1 for _ in queue))
+
+    async def _worker(self, queue: Iterator[Found], sender: Sender, executor: ThreadPoolExecutor) -> None:
+        for found in queue:
+            if self.control.stopping:
+                self.ledger.not_sent()
+                continue
+            await self._one(found, sender, executor)
+
+    async def _one(self, found: Found, sender: Sender, executor: ThreadPoolExecutor) -> None:
+        """Read one file and caption its content unless it is done, in flight, or claimed elsewhere."""
+        s, model_id = self.settings, self.model.model_id
+        loop = asyncio.get_running_loop()
+        try:
+            data, sha = await loop.run_in_executor(executor, read_file, found.path)
+        except OSError as exc:
+            self.ledger.skipped(found.path, f"cannot read: {exc.strerror or exc}")
+            return
+        # Same content at another path (or being captioned right now): not paid for twice.
+        if sha in self.inflight:
+            await asyncio.shield(self.inflight[sha])
+        if sha in self.finished_shas or (self.plan_done is not None and sha in self.plan_done.shas):
+            outcome = DONE
+        else:
+            outcome = self.store.claim(sha, model_id, s.prompt, retry_failed=s.retry_failed, force=s.force)
+        if outcome != CLAIMED:
+            self.store.save_image(found.path, sha, found.size, found.mtime)
+            if outcome == DONE:
+                self.ledger.already_done()
+            else:
+                self.ledger.skipped(found.path, "being captioned by another captioner process")
+                self.progress({"advance": 1})
+            return
+        finished = loop.create_future()
+        self.inflight[sha] = finished
+        try:
+            await self._caption_new(found, data, sha, sender, executor)
+        finally:
+            del self.inflight[sha]
+            self.finished_shas.add(sha)
+            finished.set_result(None)
+            self.store.release(sha, model_id, s.prompt)
+
+    async def _caption_new(self, found: Found, data: bytes, sha: str, sender: Sender,
+                           executor: ThreadPoolExecutor) -> None:
+        """Prepare, reserve, send and record one claimed image."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        try:
+            prepared = await loop.run_in_executor(executor, prepare_image, data, self.max_side)
+        except ImageError as exc:
+            image_id = self.store.save_image(found.path, sha, found.size, found.mtime)
+            self.ledger.record(image_id, found.path, failed(str(exc)), None)
+            return
+        del data
+        image_id = self.store.save_image(found.path, sha, found.size, found.mtime, prepared)
+        if self.control.stopping:
+            self.ledger.not_sent()
+            return
+        estimated = pricing.estimated_input_tokens(self.model, prepared.sent_width, prepared.sent_height,
+                                                   s.options, s.prompt, s.system)
+        reserved = self.budget.worst_case(estimated)
+        if not self.budget.reserve(reserved):
+            assert s.max_cost is not None
+            self.control.budget_reached(s.max_cost)
+            self.ledger.not_sent()
+            return
+        request = CaptionRequest(jpeg=prepared.jpeg, width=prepared.sent_width, height=prepared.sent_height,
+                                 prompt=s.prompt, system=s.system, options=s.options, key=s.key)
+        outcome = await sender.send(request)
+        cost = None
+        if isinstance(outcome, Answer):
+            cost = self.ledger.record(image_id, found.path, outcome.result, outcome.duration_ms, estimated)
+        elif isinstance(outcome, NoAnswer):
+            self.ledger.record_no_answer(image_id, found.path, outcome.error, estimated)
+        elif isinstance(outcome, NotSent):
+            self.ledger.not_sent()
+        self.budget.settle(reserved, cost)
+
+
+def caption_paths(
+    roots: Sequence[str],
+    model: Model,
+    store: Store,
+    settings: RunSettings,
+    progress_factory: Callable[[int], Progress] | None = None,
+) -> RunSummary:
+    """Plan and run one captioning job; the CLI's single entry point."""
+    runner = Runner(store, model, settings)
+    plan = runner.plan(roots)
+    if progress_factory is not None:
+        runner.progress = progress_factory(len(plan.todo))
+    return runner.run(plan)

@@ -1,0 +1,50 @@
+"""Planning a run: which files need a caption. Reads the database, never writes it
+(the `runs` row is opened when the run starts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .scan import Found, Skipped, scan
+from .store import DoneIndex, Store
+
+
+@dataclass
+class Plan:
+    """The files to caption, and what was left out and why."""
+
+    todo: list[Found] = field(default_factory=list)
+    done: DoneIndex | None = None  # None with --force: nothing counts as done
+    skipped_done: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    over_limit: int = 0
+
+
+def make_plan(
+    store: Store,
+    roots: Sequence[str],
+    model_id: str,
+    prompt: str,
+    *,
+    force: bool = False,
+    retry_failed: bool = False,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    limit: int | None = None,
+) -> Plan:
+    """Scan the roots against what the database already has for this model and prompt."""
+    done = None if force else store.done_index(model_id, prompt, retry_failed=retry_failed)
+    plan = Plan(done=done)
+    for item in scan(roots, include, exclude, done.path_done if done else None):
+        if isinstance(item, Skipped):
+            if item.reason == "done":
+                plan.skipped_done += 1
+            else:
+                plan.skipped.append((item.path, item.reason))
+        else:
+            plan.todo.append(item)
+    if limit is not None and len(plan.todo) > limit:
+        plan.over_limit = len(plan.todo) - limit
+        plan.todo = plan.todo[:limit]
+    return plan

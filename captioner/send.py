@@ -1,0 +1,165 @@
+"""Sending one request: a slot under the adaptive concurrency limit, the
+optional requests-per-minute cap, and retries with backoff. The answer is a
+small outcome type, so the caller never has to read a three-way value:
+
+    Answer      the provider answered (the result may still be a refusal)
+    NoAnswer    no usable answer after the last retry, or a final error
+    NotSent     the run stopped before the request went out, or a fatal fault
+                stopped it (the control records why)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import httpx
+
+from .control import RunControl
+from .models import CaptionRequest, CaptionResult, Model, ProviderError
+
+
+@dataclass(frozen=True)
+class Answer:
+    result: CaptionResult
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class NoAnswer:
+    error: str
+
+
+@dataclass(frozen=True)
+class NotSent:
+    pass
+
+
+SendOutcome = Union[Answer, NoAnswer, NotSent]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 4
+    timeout: float = 120.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    retry_after_cap: float = 300.0
+
+
+class AdaptiveLimit:
+    """Concurrency that halves on rate limits and creeps back up (AIMD)."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.limit = float(maximum)
+        self.active = 0
+        self._changed = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.active < int(self.limit))
+            self.active += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._changed:
+            self.active -= 1
+            self._changed.notify_all()
+
+    def rate_limited(self) -> None:
+        self.limit = max(1.0, self.limit / 2)
+
+    def succeeded(self) -> None:
+        # Waiters re-check the limit whenever a slot is released, so raising it needs no wake-up.
+        self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+
+
+class RateCap:
+    """At most `rpm` request starts per minute, spaced evenly."""
+
+    def __init__(self, rpm: float | None) -> None:
+        self.interval = 60.0 / rpm if rpm else 0.0
+        self.next_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            if self.next_at > now:
+                await asyncio.sleep(self.next_at - now)
+            self.next_at = max(now, self.next_at) + self.interval
+
+
+def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None, retry_after_cap: float) -> float:
+    """Full-jitter exponential backoff, unless the server said how long to wait."""
+    if retry_after is not None:
+        return min(retry_after, retry_after_cap)
+    return random.uniform(0, min(cap, base * (2**attempt)))
+
+
+class Sender:
+    """Sends requests for one model through one client, with retries."""
+
+    def __init__(
+        self,
+        model: Model,
+        client: httpx.AsyncClient,
+        control: RunControl,
+        policy: RetryPolicy,
+        limit: AdaptiveLimit,
+        rate: RateCap,
+        on_retry: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.model = model
+        self.client = client
+        self.control = control
+        self.policy = policy
+        self.limit = limit
+        self.rate = rate
+        self.on_retry = on_retry
+
+    async def send(self, request: CaptionRequest) -> SendOutcome:
+        policy = self.policy
+        last_error = "unknown error"
+        attempt = 0
+        for attempt in range(policy.retries + 1):
+            if attempt:
+                self.on_retry()
+            retry_after = None
+            async with self.limit:
+                await self.rate.wait()
+                if self.control.stopping and attempt == 0:
+                    return NotSent()
+                started = time.monotonic()
+                try:
+                    result = await self.model.caption(request, self.client)
+                    self.limit.succeeded()
+                    return Answer(result, int((time.monotonic() - started) * 1000))
+                except ProviderError as exc:
+                    if exc.fatal:
+                        self.control.fatal(f"{self.model.model_id}: {exc.message}")
+                        return NotSent()
+                    last_error = exc.message
+                    if not exc.retryable:
+                        break
+                    if exc.status_code == 429:
+                        self.limit.rate_limited()
+                    retry_after = exc.retry_after
+                except httpx.TimeoutException:
+                    last_error = f"timed out after {policy.timeout:g}s"
+                except httpx.TransportError as exc:
+                    last_error = f"connection error: {exc.__class__.__name__}: {exc}"
+            if self.control.stopping:
+                break
+            if attempt < policy.retries:
+                await asyncio.sleep(
+                    backoff_delay(attempt, policy.backoff_base, policy.backoff_cap, retry_after,
+                                  policy.retry_after_cap)
+                )
+        attempts = f" (after {attempt + 1} attempts)" if attempt else ""
+        return NoAnswer(last_error + attempts)
