@@ -46,63 +46,6 @@ def anthropic_image_tokens(width: int, height: int) -> int:
 OPTIONS = (MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K)
 
 
-class ClaudeModel(HTTPModel):
-    provider = "anthropic"
-    batch_discount = 0.5  # the provider's Batch API halves both prices
-    key_name = "anthropic"
-    key_env = ("ANTHROPIC_API_KEY",)
-    accepted_options = OPTIONS
-
-    def __init__(self, model_id: str, listed: bool = True) -> None:
-        self.model_id = model_id
-        self.listed = listed
-
-    def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
-        return anthropic_image_tokens(width, height)
-
-    def endpoint(self) -> str:
-        base = (os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
-
-    def auth_headers(self, key: str) -> dict[str, str]:
-        return {"x-api-key": key}
-
-    def request_headers(self, key: str | None) -> dict[str, str]:
-        return {**super().request_headers(key), "anthropic-version": API_VERSION}
-
-    def build_body(self, request: CaptionRequest) -> dict[str, Any]:
-        options = self.typed_options(request)
-        body: dict[str, Any] = {
-            "model": self.model_id,
-            "max_tokens": self.max_output_tokens(options),
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {
-                            "type": "image",
-                            "source": {"type": "base64", "media_type": "image/jpeg", "data": jpeg_base64(request)},
-                        },
-                        {"type": "text", "text": request.prompt},
-                    ],
-                }
-            ],
-        }
-        if request.system:
-            body["system"] = request.system
-        body.update({name: options[name] for name in ("temperature", "top_p", "top_k") if name in options})
-        return body
-
-    def map_error(self, response: httpx.Response) -> ProviderError:
-        return map_error(response)
-
-    def fold_stream(self, events: list[Any]) -> Any:
-        return fold_stream(events)
-
-    def parse_body(self, body: Any) -> CaptionResult:
-        return parse_message(body)
-
-
 def map_error(response: httpx.Response) -> ProviderError:
     body, message = error_body(response)
     # An empty account is a 400 that will fail every image the same way.
@@ -158,6 +101,57 @@ def fold_stream(events: list[Any]) -> dict[str, Any]:
     return message
 
 
+class ClaudeModel(HTTPModel):
+    provider = "anthropic"
+    batch_discount = 0.5  # the provider's Batch API halves both prices
+    key_name = "anthropic"
+    key_env = ("ANTHROPIC_API_KEY",)
+    accepted_options = OPTIONS
+    map_error = staticmethod(map_error)
+    fold_stream = staticmethod(fold_stream)
+    parse_body = staticmethod(parse_message)
+
+    def __init__(self, model_id: str, listed: bool = True) -> None:
+        self.model_id = model_id
+        self.listed = listed
+
+    def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
+        return anthropic_image_tokens(width, height)
+
+    def endpoint(self) -> str:
+        base = (os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
+
+    def request_headers(self, key: str | None) -> dict[str, str]:
+        return {**super().request_headers(key), "anthropic-version": API_VERSION}
+
+    def build_body(self, request: CaptionRequest) -> dict[str, Any]:
+        options = self.typed_options(request)
+        body: dict[str, Any] = {
+            "model": self.model_id,
+            "max_tokens": self.max_output_tokens(options),
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {"type": "base64", "media_type": "image/jpeg", "data": jpeg_base64(request)},
+                        },
+                        {"type": "text", "text": request.prompt},
+                    ],
+                }
+            ],
+        }
+        if request.system:
+            body["system"] = request.system
+        body.update({name: options[name] for name in ("temperature", "top_p", "top_k") if name in options})
+        return body
+
+
 @hookimpl
 def register_models(register: Callable[[Model], None]) -> None:
     for name in LISTED:
@@ -166,6 +160,4 @@ def register_models(register: Callable[[Model], None]) -> None:
 
 @hookimpl
 def model_for_name(name: str) -> Model | None:
-    if name.startswith("claude-"):
-        return ClaudeModel(name, listed=False)
-    return None
+    return ClaudeModel(name, listed=False) if name.startswith("claude-") else None

@@ -73,65 +73,6 @@ def thinking_config(model: str) -> dict[str, Any] | None:
     return None  # 1.5 / 2.0 do not think; 2.5 Pro cannot turn thinking off
 
 
-class GeminiModel(HTTPModel):
-    provider = "google"
-    batch_discount = 0.5  # the provider's Batch API halves both prices
-    key_name = "gemini"
-    key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
-    accepted_options = OPTIONS
-
-    def __init__(self, model_id: str, listed: bool = True) -> None:
-        self.model_id = model_id.removeprefix("models/")
-        self.listed = listed
-
-    def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
-        return gemini_image_tokens(self.model_id, width, height, options)
-
-    def endpoint(self) -> str:
-        base = (os.environ.get("GEMINI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        if not re.search(r"/v1(beta|alpha)?\d*$", base):
-            base += "/v1beta"
-        return f"{base}/models/{self.model_id}:generateContent"
-
-    def auth_headers(self, key: str) -> dict[str, str]:
-        return {"x-goog-api-key": key}  # never in the URL, where logs would keep it
-
-    def build_body(self, request: CaptionRequest) -> dict[str, Any]:
-        options = self.typed_options(request)
-        generation: dict[str, Any] = {"maxOutputTokens": self.max_output_tokens(options)}
-        thinking = thinking_config(self.model_id)
-        if "thinking_budget" in options:
-            thinking = {"thinkingBudget": options["thinking_budget"]}
-        if "thinking_level" in options:
-            thinking = {"thinkingLevel": options["thinking_level"]}
-        if thinking:
-            generation["thinkingConfig"] = thinking
-        for key, field in GENERATION_OPTIONS.items():
-            if key in options:
-                generation[field] = options[key]
-        body: dict[str, Any] = {
-            "contents": [
-                {
-                    "role": "user",
-                    "parts": [
-                        {"inline_data": {"mime_type": "image/jpeg", "data": jpeg_base64(request)}},
-                        {"text": request.prompt},
-                    ],
-                }
-            ],
-            "generationConfig": generation,
-        }
-        if request.system:
-            body["systemInstruction"] = {"parts": [{"text": request.system}]}
-        return body
-
-    def map_error(self, response: httpx.Response) -> ProviderError:
-        return map_error(response)
-
-    def parse_body(self, body: Any) -> CaptionResult:
-        return parse_response(body)
-
-
 def retry_delay(details: Any) -> float | None:
     """`RetryInfo.retryDelay` ("37s", "1.5s") from an error's details."""
     for detail in details if isinstance(details, list) else []:
@@ -206,6 +147,61 @@ def parse_response(body: Any) -> CaptionResult:
     return result
 
 
+class GeminiModel(HTTPModel):
+    provider = "google"
+    batch_discount = 0.5  # the provider's Batch API halves both prices
+    key_name = "gemini"
+    key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    accepted_options = OPTIONS
+    map_error = staticmethod(map_error)
+    parse_body = staticmethod(parse_response)
+
+    def __init__(self, model_id: str, listed: bool = True) -> None:
+        self.model_id = model_id.removeprefix("models/")
+        self.listed = listed
+
+    def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
+        return gemini_image_tokens(self.model_id, width, height, options)
+
+    def endpoint(self) -> str:
+        base = (os.environ.get("GEMINI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        if not re.search(r"/v1(beta|alpha)?\d*$", base):
+            base += "/v1beta"
+        return f"{base}/models/{self.model_id}:generateContent"
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-goog-api-key": key}  # never in the URL, where logs would keep it
+
+    def build_body(self, request: CaptionRequest) -> dict[str, Any]:
+        options = self.typed_options(request)
+        generation: dict[str, Any] = {"maxOutputTokens": self.max_output_tokens(options)}
+        thinking = thinking_config(self.model_id)
+        if "thinking_budget" in options:
+            thinking = {"thinkingBudget": options["thinking_budget"]}
+        if "thinking_level" in options:
+            thinking = {"thinkingLevel": options["thinking_level"]}
+        if thinking:
+            generation["thinkingConfig"] = thinking
+        for key, field in GENERATION_OPTIONS.items():
+            if key in options:
+                generation[field] = options[key]
+        body: dict[str, Any] = {
+            "contents": [
+                {
+                    "role": "user",
+                    "parts": [
+                        {"inline_data": {"mime_type": "image/jpeg", "data": jpeg_base64(request)}},
+                        {"text": request.prompt},
+                    ],
+                }
+            ],
+            "generationConfig": generation,
+        }
+        if request.system:
+            body["systemInstruction"] = {"parts": [{"text": request.system}]}
+        return body
+
+
 @hookimpl
 def register_models(register: Callable[[Model], None]) -> None:
     for name in LISTED:
@@ -214,6 +210,4 @@ def register_models(register: Callable[[Model], None]) -> None:
 
 @hookimpl
 def model_for_name(name: str) -> Model | None:
-    if re.match(r"^(models/)?(gemini|gemma)-", name):
-        return GeminiModel(name, listed=False)
-    return None
+    return GeminiModel(name, listed=False) if re.match(r"^(models/)?(gemini|gemma)-", name) else None

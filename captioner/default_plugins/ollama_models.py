@@ -49,47 +49,6 @@ def ollama_base_url() -> str:
     return f"{scheme}://{rest}"
 
 
-class OllamaModel(HTTPModel):
-    provider = "local"
-    needs_key = False
-    key_env = ()
-    accepted_options = OPTIONS
-
-    def __init__(self, name: str, listed: bool = True) -> None:
-        self.name = name
-        self.model_id = f"ollama/{name}"
-        self.listed = listed
-
-    def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
-        family = self.name.split(":", 1)[0]
-        return IMAGE_TOKENS.get(family, DEFAULT_IMAGE_TOKENS)
-
-    def endpoint(self) -> str:
-        return ollama_base_url() + "/api/chat"
-
-    def build_body(self, request: CaptionRequest) -> dict[str, Any]:
-        options = self.typed_options(request)
-        messages: list[dict[str, Any]] = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        messages.append({"role": "user", "content": request.prompt, "images": [jpeg_base64(request)]})
-        model_options = {"num_predict": self.max_output_tokens(options)}
-        model_options.update({k: v for k, v in options.items() if k not in ("max_tokens", "keep_alive")})
-        body = {"model": self.name, "messages": messages, "stream": False, "options": model_options}
-        if "keep_alive" in options:
-            body["keep_alive"] = options["keep_alive"]
-        return body
-
-    def read_body(self, response: httpx.Response) -> Any:
-        return response.text  # one JSON object, or NDJSON lines if the server streamed anyway
-
-    def map_error(self, response: httpx.Response) -> ProviderError:
-        return map_error(response, self.name)
-
-    def parse_body(self, body: Any) -> CaptionResult:
-        return parse_response(body)
-
-
 def map_error(response: httpx.Response, name: str) -> ProviderError:
     body, message = error_body(response)
     if response.status_code == 404 or "not found" in message.lower():
@@ -124,6 +83,45 @@ def parse_response(text: str) -> CaptionResult:
         result.status = FAILED
         result.error = empty_caption_error(final.get("done_reason") == "length", f"done_reason {final.get('done_reason')}")
     return result
+
+
+class OllamaModel(HTTPModel):
+    provider = "local"
+    needs_key = False
+    key_env = ()
+    accepted_options = OPTIONS
+    parse_body = staticmethod(parse_response)
+
+    def __init__(self, name: str, listed: bool = True) -> None:
+        self.name = name
+        self.model_id = f"ollama/{name}"
+        self.listed = listed
+
+    def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
+        family = self.name.split(":", 1)[0]
+        return IMAGE_TOKENS.get(family, DEFAULT_IMAGE_TOKENS)
+
+    def endpoint(self) -> str:
+        return ollama_base_url() + "/api/chat"
+
+    def build_body(self, request: CaptionRequest) -> dict[str, Any]:
+        options = self.typed_options(request)
+        messages: list[dict[str, Any]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.append({"role": "user", "content": request.prompt, "images": [jpeg_base64(request)]})
+        model_options = {"num_predict": self.max_output_tokens(options)}
+        model_options.update({k: v for k, v in options.items() if k not in ("max_tokens", "keep_alive")})
+        body = {"model": self.name, "messages": messages, "stream": False, "options": model_options}
+        if "keep_alive" in options:
+            body["keep_alive"] = options["keep_alive"]
+        return body
+
+    def read_body(self, response: httpx.Response) -> Any:
+        return response.text  # one JSON object, or NDJSON lines if the server streamed anyway
+
+    def map_error(self, response: httpx.Response) -> ProviderError:
+        return map_error(response, self.name)
 
 
 @hookimpl

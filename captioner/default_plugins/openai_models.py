@@ -106,72 +106,6 @@ PASSED_AS_IS = ("temperature", "top_p", "seed", "reasoning_effort", "frequency_p
                 "top_k", "repetition_penalty", "min_p")
 
 
-class OpenAIChatModel(HTTPModel):
-    provider = "openai"
-    batch_discount = 0.5  # the provider's Batch API halves both prices
-    key_name = "openai"
-    key_env = ("OPENAI_API_KEY",)
-    accepted_options = OPTIONS
-
-    def __init__(self, model_id: str, *, api_model: str | None = None, compatible: bool = False,
-                 listed: bool = True) -> None:
-        self.model_id = model_id
-        self.api_model = api_model or model_id
-        # A model on some OpenAI-compatible server: no key required, older parameter names.
-        self.compatible = compatible
-        self.needs_key = not compatible
-        self.listed = listed
-        if compatible:
-            self.provider = "openai-compatible"
-            self.batch_discount = None
-            self.accepted_options = COMPATIBLE_OPTIONS
-
-    def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
-        multiplier = _longest_prefix(self.api_model, PATCH_MULTIPLIERS)
-        if multiplier is not None:
-            return patch_tokens(width, height, multiplier)
-        base, per_tile = _longest_prefix(self.api_model, TILE_RATES) or (85, 170)
-        return tile_tokens(width, height, base, per_tile, str(options.get("detail", "auto")))
-
-    def endpoint(self) -> str:
-        return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
-
-    def build_body(self, request: CaptionRequest) -> dict[str, Any]:
-        options = self.typed_options(request)
-        image_url: dict[str, Any] = {"url": "data:image/jpeg;base64," + jpeg_base64(request)}
-        if "detail" in options:
-            image_url["detail"] = options["detail"]
-        messages: list[dict[str, Any]] = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        messages.append(
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": request.prompt},
-                    {"type": "image_url", "image_url": image_url},
-                ],
-            }
-        )
-        body: dict[str, Any] = {"model": self.api_model, "messages": messages}
-        max_tokens = options.get("max_tokens", DEFAULT_MAX_TOKENS)
-        body["max_tokens" if self.compatible else "max_completion_tokens"] = max_tokens
-        if not self.compatible and re.match(r"^gpt-5(-mini|-nano)?$", self.api_model):
-            # Reasoning adds cost and nothing to a caption; gpt-5 allows turning most of it off.
-            body["reasoning_effort"] = "minimal"
-        body.update({name: options[name] for name in PASSED_AS_IS if name in options})
-        return body
-
-    def map_error(self, response: httpx.Response) -> ProviderError:
-        return map_error(response)
-
-    def fold_stream(self, events: list[Any]) -> Any:
-        return fold_stream(events)
-
-    def parse_body(self, body: Any) -> CaptionResult:
-        return parse_response(body)
-
-
 def map_error(response: httpx.Response) -> ProviderError:
     body, message = error_body(response)
     code = ""
@@ -232,6 +166,66 @@ def _content_text(content: Any) -> str | None:
         parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
         return "".join(parts).strip() or None
     return None
+
+
+class OpenAIChatModel(HTTPModel):
+    provider = "openai"
+    batch_discount = 0.5  # the provider's Batch API halves both prices
+    key_name = "openai"
+    key_env = ("OPENAI_API_KEY",)
+    accepted_options = OPTIONS
+    map_error = staticmethod(map_error)
+    fold_stream = staticmethod(fold_stream)
+    parse_body = staticmethod(parse_response)
+
+    def __init__(self, model_id: str, *, api_model: str | None = None, compatible: bool = False,
+                 listed: bool = True) -> None:
+        self.model_id = model_id
+        self.api_model = api_model or model_id
+        # A model on some OpenAI-compatible server: no key required, older parameter names.
+        self.compatible = compatible
+        self.needs_key = not compatible
+        self.listed = listed
+        if compatible:
+            self.provider = "openai-compatible"
+            self.batch_discount = None
+            self.accepted_options = COMPATIBLE_OPTIONS
+
+    def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
+        multiplier = _longest_prefix(self.api_model, PATCH_MULTIPLIERS)
+        if multiplier is not None:
+            return patch_tokens(width, height, multiplier)
+        base, per_tile = _longest_prefix(self.api_model, TILE_RATES) or (85, 170)
+        return tile_tokens(width, height, base, per_tile, str(options.get("detail", "auto")))
+
+    def endpoint(self) -> str:
+        return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
+
+    def build_body(self, request: CaptionRequest) -> dict[str, Any]:
+        options = self.typed_options(request)
+        image_url: dict[str, Any] = {"url": "data:image/jpeg;base64," + jpeg_base64(request)}
+        if "detail" in options:
+            image_url["detail"] = options["detail"]
+        messages: list[dict[str, Any]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": request.prompt},
+                    {"type": "image_url", "image_url": image_url},
+                ],
+            }
+        )
+        body: dict[str, Any] = {"model": self.api_model, "messages": messages}
+        max_tokens = options.get("max_tokens", DEFAULT_MAX_TOKENS)
+        body["max_tokens" if self.compatible else "max_completion_tokens"] = max_tokens
+        if not self.compatible and re.match(r"^gpt-5(-mini|-nano)?$", self.api_model):
+            # Reasoning adds cost and nothing to a caption; gpt-5 allows turning most of it off.
+            body["reasoning_effort"] = "minimal"
+        body.update({name: options[name] for name in PASSED_AS_IS if name in options})
+        return body
 
 
 @hookimpl
