@@ -31,8 +31,8 @@ CAMERA_ORIGINALS = ["pug.heic", "IMG_2682.heic", "exif-at-eof.heic", "Oppo_R7_Pl
 
 def camera_jpegs(folder: Path) -> list[Path]:
     """The ~12 MP originals as camera JPEGs (HEIC re-encoded at quality 92, as a phone set to JPEG would)."""
-    from PIL import Image
     import pillow_heif
+    from PIL import Image
 
     pillow_heif.register_heif_opener()
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ class FakeServerProcess:
         self.port_queue, self.stats_queue, self.stop = ctx.Queue(), ctx.Queue(), ctx.Event()
         self.proc = ctx.Process(target=_serve, args=(latency, self.port_queue, self.stop, self.stats_queue))
 
-    def __enter__(self) -> "FakeServerProcess":
+    def __enter__(self) -> FakeServerProcess:
         self.proc.start()
         self.base_url = self.port_queue.get(timeout=30)
         return self

@@ -62,8 +62,9 @@ def steady_rate(db) -> float:
 
 
 def _small_photo(work):
-    from _common import CORPUS
     import shutil
+
+    from _common import CORPUS
 
     target = work / "rocket.jpg"
     shutil.copy(CORPUS / "photos" / "rocket.jpg", target)

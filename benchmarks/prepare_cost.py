@@ -10,9 +10,9 @@ import argparse
 import io
 import time
 
+from _common import camera_jpegs, machine, workdir
 from PIL import Image
 
-from _common import camera_jpegs, machine, workdir
 from captioner.media import prepare_image
 
 

@@ -12,13 +12,17 @@ import random
 import time
 
 from _common import machine, workdir
+
 from captioner.search import search
 from captioner.store import Store
 
-WORDS = ("cat dog pug tabby rocket launch pad dusk espresso cup saucer table beach sunset mountain cairn granite "
-         "snow forest trail camera night flash ocelot elephant herd tree bicycle shop sign street portrait woman man "
-         "child uniform flag notebook handwriting sticky note pen phone desk office lamp window river bridge boat "
-         "butterflies butterfly flower garden bee bird sky cloud rain city car bus train station market fruit").split()
+WORDS = """
+cat dog pug tabby rocket launch pad dusk espresso cup saucer table beach sunset mountain cairn
+granite snow forest trail camera night flash ocelot elephant herd tree bicycle shop sign street
+portrait woman man child uniform flag notebook handwriting sticky note pen phone desk office lamp
+window river bridge boat butterflies butterfly flower garden bee bird sky cloud rain city car bus
+train station market fruit
+""".split()
 
 
 def fill(store: Store, count: int) -> None:

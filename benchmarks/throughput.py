@@ -14,8 +14,17 @@ import argparse
 import subprocess
 import time
 
-from _common import (FakeServerProcess, camera_jpegs, fake_env, find_llm, llm_env, machine, photo_library,
-                     run_captioner, workdir)
+from _common import (
+    FakeServerProcess,
+    camera_jpegs,
+    fake_env,
+    find_llm,
+    llm_env,
+    machine,
+    photo_library,
+    run_captioner,
+    workdir,
+)
 
 
 def main() -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from _common import (FakeServerProcess, camera_jpegs, fake_env, find_llm, llm_env, machine, run_captioner,
-                     workdir)
+from _common import FakeServerProcess, camera_jpegs, fake_env, find_llm, llm_env, machine, run_captioner, workdir
 
 
 def main() -> None:

@@ -3,7 +3,8 @@ the reservation is swapped for the billed cost when the answer is recorded."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from . import pricing
 from .models import Model

@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
-from . import config, estimate as estimating, export as exporting, pricing, report
-from .compare import COLUMNS as COMPARE_COLUMNS, compare as compare_models, render_page
-from .search import MARK_END, MARK_START, QueryError, run_sql, search as search_captions
-from .pipeline import DEFAULT_PROMPT, RunSettings, caption_paths
+from . import config, pricing, report
+from . import estimate as estimating
+from . import export as exporting
+from .compare import COLUMNS as COMPARE_COLUMNS
+from .compare import compare as compare_models
+from .compare import render_page
 from .config import ConfigError
 from .options import OptionError
+from .pipeline import DEFAULT_PROMPT, RunSettings, caption_paths
 from .plugins import UnknownModel, discovered_models, get_model, listed_models
+from .search import MARK_END, MARK_START, QueryError, run_sql
+from .search import search as search_captions
 from .store import Store, StoreError
 
 EXIT_SOME_FAILED = 1
@@ -174,7 +180,7 @@ def _progress_bar(total: int) -> Callable[[dict[str, Any]], None]:
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, disable=None, leave=True)
-    state = {"cost": 0.0, "retries": 0, "concurrency": None}
+    state: dict[str, Any] = {"cost": 0.0, "retries": 0, "concurrency": None}
 
     def update(event: dict[str, Any]) -> None:
         if "message" in event:
@@ -188,7 +194,7 @@ def _progress_bar(total: int) -> Callable[[dict[str, Any]], None]:
             postfix["conc"] = state["concurrency"]
         bar.set_postfix(postfix, refresh=False)
         bar.update(event.get("advance", 0))
-        if bar.n >= bar.total:
+        if bar.total is not None and bar.n >= bar.total:
             bar.close()
 
     return update
@@ -390,7 +396,8 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
 @click.option("--format", "fmt", type=click.Choice(["xmp", "txt", "csv", "jsonl", "html"]), required=True)
 @click.option("-m", "--model", "model_name", help="Only captions by this model (default: the newest per photo)")
 @click.option("--out", metavar="DIR|FILE",
-              help="xmp/txt: folder for the sidecars [default: next to each photo]; csv/jsonl/html: file [default: stdout]")
+              help="xmp/txt: folder for the sidecars [default: next to each photo]; "
+                   "csv/jsonl/html: file [default: stdout]")
 @click.option("--sidecar-name", type=click.Choice(["append", "replace"]), default="append", show_default=True,
               help="xmp: IMG_1234.jpg.xmp (append) or IMG_1234.xmp (replace)")
 def export(db, fmt, model_name, out, sidecar_name):

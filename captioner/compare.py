@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import pricing
 from .gallery import GalleryItem, render
@@ -88,7 +89,8 @@ def compare(
         # Captions already in the database are reused; only missing ones are sent.
         run_settings = replace(settings, key=keys.get(model.model_id), include=(), exclude=())
         summaries.append(caption_paths(paths, model, store, run_settings, progress_factory))
-    table, captions = [], {p: {} for p in paths}
+    table: list[dict[str, Any]] = []
+    captions: dict[str, dict[str, tuple[str, str | None]]] = {p: {} for p in paths}
     for model in models:
         found = latest_captions(store, paths, model.model_id, settings.prompt)
         table.append(model_row(model.model_id, list(found.values()), total))

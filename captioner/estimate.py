@@ -8,9 +8,10 @@ Priced per image with the same price lookup as real runs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from . import pricing
 from .media import ImageError, header_facts, sent_size
@@ -60,8 +61,8 @@ def image_headers(paths: Iterable[Found], threads: int = 8) -> list[tuple[int, i
 def input_tokens_for(model: Model, width: int, height: int, fmt: str, frames: int, max_side: int | None,
                      options: dict[str, str], prompt: str, system: str | None) -> int:
     """`pricing.estimated_input_tokens` for an image known only by its header."""
-    return pricing.estimated_input_tokens(model, *sent_size(width, height, fmt, frames, max_side or model.max_side), options,
-                        prompt, system)
+    sent = sent_size(width, height, fmt, frames, max_side or model.max_side)
+    return pricing.estimated_input_tokens(model, *sent, options, prompt, system)
 
 
 def estimate(

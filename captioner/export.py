@@ -8,8 +8,9 @@ import io
 import json
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from .gallery import GalleryItem, render
 from .store import PHOTO_CAPTIONS_JOIN, Store
@@ -55,7 +56,7 @@ XPACKET_END = '\n<?xpacket end="w"?>\n'
 # Fields our caption goes into: dc:description is what Immich, digiKam, darktable,
 # Lightroom and exiftool read as the description; tiff:ImageDescription mirrors
 # the EXIF ImageDescription tag for tools that read that one.
-CAPTION_FIELDS = ("{%s}description" % NS["dc"], "{%s}ImageDescription" % NS["tiff"])
+CAPTION_FIELDS = ("{{{}}}description".format(NS["dc"]), "{{{}}}ImageDescription".format(NS["tiff"]))
 TABLE_FIELDS = ["path", "model", "caption", "input_tokens", "output_tokens", "cost_usd", "taken_at"]
 
 
@@ -91,19 +92,19 @@ def _plan(rows: list[dict[str, Any]], suffix: str, out_dir: str | None, replace_
 
 def _lang_alt(tag: str, text: str) -> ET.Element:
     element = ET.Element(tag)
-    alt = ET.SubElement(element, "{%s}Alt" % NS["rdf"])
-    item = ET.SubElement(alt, "{%s}li" % NS["rdf"])
-    item.set("{%s}lang" % NS["xml"], "x-default")
+    alt = ET.SubElement(element, "{{{}}}Alt".format(NS["rdf"]))
+    item = ET.SubElement(alt, "{{{}}}li".format(NS["rdf"]))
+    item.set("{{{}}}lang".format(NS["xml"]), "x-default")
     item.text = text
     return element
 
 
 def new_xmp(caption: str) -> str:
-    root = ET.Element("{%s}xmpmeta" % NS["x"])
-    root.set("{%s}xmptk" % NS["x"], "captioner")
-    rdf = ET.SubElement(root, "{%s}RDF" % NS["rdf"])
-    description = ET.SubElement(rdf, "{%s}Description" % NS["rdf"])
-    description.set("{%s}about" % NS["rdf"], "")
+    root = ET.Element("{{{}}}xmpmeta".format(NS["x"]))
+    root.set("{{{}}}xmptk".format(NS["x"]), "captioner")
+    rdf = ET.SubElement(root, "{{{}}}RDF".format(NS["rdf"]))
+    description = ET.SubElement(rdf, "{{{}}}Description".format(NS["rdf"]))
+    description.set("{{{}}}about".format(NS["rdf"]), "")
     for tag in CAPTION_FIELDS:
         description.append(_lang_alt(tag, caption))
     return _serialize(root, {})
@@ -113,17 +114,17 @@ def merge_xmp(existing: str, caption: str) -> str:
     """Put the caption into an existing sidecar, keeping every other field and prefix."""
     prefixes = {prefix: uri for _, (prefix, uri) in ET.iterparse(io.StringIO(existing), events=("start-ns",))}
     root = ET.fromstring(existing.encode("utf-8"))
-    rdf = root if root.tag == "{%s}RDF" % NS["rdf"] else root.find("{%s}RDF" % NS["rdf"])
+    rdf = root if root.tag == "{{{}}}RDF".format(NS["rdf"]) else root.find("{{{}}}RDF".format(NS["rdf"]))
     if rdf is None:
         raise ValueError("no rdf:RDF element")
-    descriptions = rdf.findall("{%s}Description" % NS["rdf"])
+    descriptions = rdf.findall("{{{}}}Description".format(NS["rdf"]))
     for description in descriptions:
         for tag in CAPTION_FIELDS:
             for old in description.findall(tag):
                 description.remove(old)
             description.attrib.pop(tag, None)
-    target = descriptions[0] if descriptions else ET.SubElement(rdf, "{%s}Description" % NS["rdf"])
-    target.attrib.setdefault("{%s}about" % NS["rdf"], "")
+    target = descriptions[0] if descriptions else ET.SubElement(rdf, "{{{}}}Description".format(NS["rdf"]))
+    target.attrib.setdefault("{{{}}}about".format(NS["rdf"]), "")
     for tag in CAPTION_FIELDS:
         target.append(_lang_alt(tag, caption))
     return _serialize(root, prefixes)

@@ -6,7 +6,8 @@ the `captioner` entry-point group (see docs/plugins.md).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -32,3 +33,4 @@ def model_for_name(name: str) -> Model | None:
 def discover_models() -> list[Model]:
     """Return models found on a server right now (e.g. Ollama's /api/tags).
     Called only by `captioner models`, never on the captioning path."""
+    return []

@@ -9,8 +9,9 @@ records them unless the run was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import pricing
 from .control import RunControl

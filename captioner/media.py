@@ -16,8 +16,8 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
-from PIL import Image, ImageOps, UnidentifiedImageError
 import pillow_heif
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 pillow_heif.register_heif_opener()
 
@@ -211,7 +211,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     leaving transparent areas black."""
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # A plain convert() clips 16-bit values to white; scale to 0..255 first.
-        lo, hi = im.getextrema()
+        _, hi = im.getextrema()
         top = 65535 if im.mode.startswith("I;16") else max(hi, 255)
         im = im.convert("F").point(lambda v: v * 255.0 / top).convert("L")
     if im.mode == "P":
@@ -229,7 +229,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def _contact_sheet(im: Image.Image, max_side: int) -> Image.Image:
     """Up to four frames of an animation on one 2x2 sheet, so a model sees
     more than an often blank first frame."""
-    n = im.n_frames
+    n: int = getattr(im, "n_frames", 1)
     count = min(4, n)
     picks = sorted({round(i * (n - 1) / (count - 1)) for i in range(count)})
     cell = min(max_side // 2, max(im.size))

@@ -11,8 +11,9 @@ import email.utils
 import json
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -124,8 +125,7 @@ class Model:
     max_side: int = 1024
     listed: bool = True
     batch_discount: float | None = None
-    default_options: ClassVar[dict[str, str]] = {}
-    accepted_options: ClassVar[Sequence[Option] | None] = None
+    accepted_options: Sequence[Option] | None = None
 
     def validate_options(self, given: Mapping[str, str]) -> dict[str, Any]:
         """Typed option values; `OptionError` for an unknown key or a bad value."""

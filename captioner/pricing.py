@@ -13,10 +13,11 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any
 
 from genai_prices import Usage, calc_price
 
@@ -125,7 +126,7 @@ def price_request(
 def unit_prices(model: Model) -> tuple[float, float] | None:
     """Base USD per million input and output tokens, for listings and estimates."""
     cost = price_request(model, 1_000, 1_000)
-    if not cost.known:
+    if cost.price_in_per_m is None or cost.price_out_per_m is None:
         return None
     return cost.price_in_per_m, cost.price_out_per_m
 

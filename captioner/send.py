@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Union
 
 import httpx
 
@@ -38,7 +39,7 @@ class NotSent:
     pass
 
 
-SendOutcome = Union[Answer, NoAnswer, NotSent]
+SendOutcome = Union[Answer, NoAnswer, NotSent]  # noqa: UP007 (a runtime alias on Python 3.10)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ import os
 import random
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import sqlite_utils
 
@@ -152,7 +153,7 @@ CLAIMED, DONE, BUSY = "claimed", "done", "busy"
 
 def done_statuses(retry_failed: bool) -> tuple[str, ...]:
     """Caption statuses that count as done: failed ones too, unless they are to be retried."""
-    return FINAL_STATUSES if retry_failed else FINAL_STATUSES + ("failed",)
+    return FINAL_STATUSES if retry_failed else (*FINAL_STATUSES, "failed")
 
 
 @dataclass
@@ -208,12 +209,12 @@ class Store:
                 self.conn.execute("ROLLBACK")
             raise
 
-    def _write(self, sql: str, params: Any = ()) -> tuple[int | None, list[tuple]]:
+    def _write(self, sql: str, params: Any = ()) -> tuple[int, list[tuple[Any, ...]]]:
         """One statement in its own transaction. Returns the last row id and any rows it returned."""
         with self._immediate() as conn:
             cursor = conn.execute(sql, params)
             rows = cursor.fetchall()
-        return cursor.lastrowid, rows
+        return cursor.lastrowid or 0, rows
 
     def _set_up(self) -> None:
         # Switching to WAL needs the file to itself and does not wait on the

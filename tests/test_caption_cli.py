@@ -8,11 +8,11 @@ import os
 import shutil
 
 import pytest
+from conftest import rows, run
+from fakes import Fault, image_label
 from PIL import Image, ImageChops, ImageStat
 
 from captioner.media import prepare_image, read_file
-from conftest import rows, run
-from fakes import Fault, image_label
 
 
 def test_one_ok_caption_per_photo(fake_openai, photos, db):
@@ -196,7 +196,8 @@ def test_some_failed_images_exit_1_and_the_run_goes_on(fake_openai, photos, db):
     assert result.exit_code == 1
     assert "broken.jpg" in result.output
     statuses = {os.path.basename(r["path"]): (r["status"], r["error"])
-                for r in rows(db, "SELECT i.path, c.status, c.error FROM captions c JOIN images i ON i.id = c.image_id")}
+                for r in rows(db, "SELECT i.path, c.status, c.error FROM captions c "
+                                  "JOIN images i ON i.id = c.image_id")}
     assert statuses["broken.jpg"][0] == "failed" and "truncated" in statuses["broken.jpg"][1]
     assert sum(1 for s, _ in statuses.values() if s == "ok") == 9
 

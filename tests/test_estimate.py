@@ -6,12 +6,12 @@ import json
 import shutil
 
 import pytest
+from conftest import run
 from PIL import Image
 
 from captioner.default_plugins.anthropic_models import anthropic_image_tokens
 from captioner.default_plugins.gemini_models import gemini_image_tokens
 from captioner.default_plugins.openai_models import OpenAIChatModel
-from conftest import run
 
 
 @pytest.mark.parametrize("size, tokens", [((200, 200), 54), ((1000, 1000), 1334), ((1092, 1092), 1590)])
@@ -80,8 +80,9 @@ def test_batch_price_is_half_where_the_provider_has_one(photos):
     assert rows["ollama/llava"]["batch_cost_usd"] is None
 
 
-FAMILY_MODELS = [("gpt-4o-mini", "fake_openai"), ("gpt-4.1-nano", "fake_openai"), ("claude-haiku-4-5", "fake_anthropic"),
-                 ("gemini-2.5-flash-lite", "fake_gemini"), ("ollama/llava:7b", "fake_ollama")]
+FAMILY_MODELS = [("gpt-4o-mini", "fake_openai"), ("gpt-4.1-nano", "fake_openai"),
+                 ("claude-haiku-4-5", "fake_anthropic"), ("gemini-2.5-flash-lite", "fake_gemini"),
+                 ("ollama/llava:7b", "fake_ollama")]
 
 
 @pytest.mark.parametrize("model, fake", FAMILY_MODELS)

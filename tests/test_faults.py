@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import rows, run
+from fakes import FakeOpenAI, Fault, image_label
 from PIL import Image, ImageDraw
 
 from captioner.media import prepare_image, read_file
-from conftest import rows, run
-from fakes import Fault, FakeOpenAI, image_label
 
 
 def distinct_photos(folder: Path, source: Path, count: int) -> list[Path]:
@@ -183,7 +183,7 @@ def test_ctrl_c_waits_for_requests_in_flight_and_exits_130(slow_server, photos, 
                              env=env_for(slow_server, tmp_path))
     wait_for_captions(db, 3)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     stored = rows(db, "SELECT count(*) AS n FROM captions")[0]["n"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from captioner.models import CaptionRequest, parse_retry_after
 from captioner.default_plugins.openai_models import (
     OpenAIChatModel,
     map_error,
@@ -13,6 +12,7 @@ from captioner.default_plugins.openai_models import (
     patch_tokens,
     tile_tokens,
 )
+from captioner.models import CaptionRequest, parse_retry_after
 
 
 def reply(message, finish="stop", usage=None):
@@ -24,7 +24,8 @@ def test_reasoning_tokens_are_part_of_output():
     result = parse_response(reply({"content": "A cat."}, usage={
         "prompt_tokens": 300, "completion_tokens": 120,
         "completion_tokens_details": {"reasoning_tokens": 100}}))
-    assert (result.text, result.input_tokens, result.output_tokens, result.reasoning_tokens) == ("A cat.", 300, 120, 100)
+    tokens = (result.input_tokens, result.output_tokens, result.reasoning_tokens)
+    assert result.text == "A cat." and tokens == (300, 120, 100)
 
 
 def test_refusal_and_content_filter_are_refused():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import rows, run
+from fakes import Fault
 
 from captioner.plugins import get_model
 from captioner.pricing import price_request
-from conftest import rows, run
-from fakes import Fault
 
 
 @pytest.fixture
@@ -129,10 +129,14 @@ def test_gemini_blocked_prompt_is_recorded_with_its_usage(fake_gemini, photos, d
 def test_gemini_retry_info_is_honoured(fake_gemini, photos, db):
     fake_gemini.faults = [Fault(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "slow down",
                                                 "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                                                             "retryDelay": "0.2s"}]}})]
-    result = run("caption", photos / "rocket.jpg", "-m", "gemini-2.5-flash-lite", "--db", db, "--json")
+                                                             "retryDelay": "0.6s"}]}})]
+    # --backoff 0: without the server's delay the retry would go out at once.
+    result = run("caption", photos / "rocket.jpg", "-m", "gemini-2.5-flash-lite", "--db", db, "--json",
+                 "--backoff", "0")
     assert result.exit_code == 0
     assert json.loads(result.output)["retries"] == 1
+    first, second = fake_gemini.received
+    assert second.at - first.at >= 0.55
 
 
 def test_gemini_daily_quota_stops_the_run(fake_gemini, photos, db):

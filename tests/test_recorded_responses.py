@@ -9,8 +9,8 @@ import pytest
 
 yaml = pytest.importorskip("yaml")
 
-from captioner.models import sse_payloads  # noqa: E402
-from captioner.default_plugins import anthropic_models, gemini_models, openai_models  # noqa: E402
+from captioner.default_plugins import anthropic_models, gemini_models, openai_models
+from captioner.models import sse_payloads
 
 
 def recorded(shared, name, index=-1):

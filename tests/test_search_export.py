@@ -10,7 +10,6 @@ import subprocess
 
 import pytest
 import sqlite_utils
-
 from conftest import rows, run
 
 CAPTIONS = {
@@ -33,7 +32,7 @@ def captioned(fake_openai, photos, db):
         reply["choices"][0]["message"]["content"] = CAPTIONS.get(name, label)
         return reply
 
-    from captioner.media import sent_size, header_facts
+    from captioner.media import header_facts, sent_size
     for name in CAPTIONS:
         w, h, fmt, frames = header_facts(str(photos / name))
         by_size["%dx%d" % sent_size(w, h, fmt, frames, 1024)] = name
@@ -191,8 +190,8 @@ def test_txt_sidecars_and_collisions(captioned, db, fake_openai):
 def test_csv_and_jsonl_round_trip(captioned, db, tmp_path):
     run("export", "--db", db, "--format", "csv", "--out", tmp_path / "c.csv")
     run("export", "--db", db, "--format", "jsonl", "--out", tmp_path / "c.jsonl")
-    from_csv = list(csv.DictReader(open(tmp_path / "c.csv", encoding="utf-8")))
-    from_jsonl = [json.loads(line) for line in open(tmp_path / "c.jsonl", encoding="utf-8")]
+    from_csv = list(csv.DictReader((tmp_path / "c.csv").read_text(encoding="utf-8").splitlines()))
+    from_jsonl = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text(encoding="utf-8").splitlines()]
     stored = rows(db, "SELECT i.path, c.model, c.caption, c.input_tokens, c.output_tokens, c.cost_usd, i.taken_at "
                       "FROM captions c JOIN images i ON i.id = c.image_id ORDER BY i.path")
     assert from_jsonl == stored

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import httpx
 
@@ -47,14 +48,15 @@ OPTIONS = (MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K)
 
 
 def map_error(response: httpx.Response) -> ProviderError:
-    body, message = error_body(response)
+    _, message = error_body(response)
     # An empty account is a 400 that will fail every image the same way.
     out_of_credit = "credit balance" in message.lower()
     return error_for_status(response, message, fatal_hint=out_of_credit)
 
 
-def parse_message(message: Any) -> CaptionResult:
+def parse_message(body: Any) -> CaptionResult:
     """A Messages API response body to a CaptionResult."""
+    message = body
     if not isinstance(message, dict) or message.get("type") == "error":
         raise ProviderError(f"unexpected response: {error_message(message, 'no message')}", retryable=True)
     usage = message.get("usage") or {}

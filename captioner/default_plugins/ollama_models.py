@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import httpx
 
@@ -50,15 +51,16 @@ def ollama_base_url() -> str:
 
 
 def map_error(response: httpx.Response, name: str) -> ProviderError:
-    body, message = error_body(response)
+    _, message = error_body(response)
     if response.status_code == 404 or "not found" in message.lower():
         return ProviderError(f"model {name!r} not found on the Ollama server: run `ollama pull {name}`", fatal=True,
                              status_code=response.status_code)
     return error_for_status(response, message)
 
 
-def parse_response(text: str) -> CaptionResult:
-    """A /api/chat body: one JSON object, or NDJSON lines if the server streamed anyway."""
+def parse_response(body: Any) -> CaptionResult:
+    """A /api/chat body (text): one JSON object, or NDJSON lines if the server streamed anyway."""
+    text = str(body)
     try:
         lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as exc:
@@ -81,7 +83,8 @@ def parse_response(text: str) -> CaptionResult:
     )
     if not result.text:
         result.status = FAILED
-        result.error = empty_caption_error(final.get("done_reason") == "length", f"done_reason {final.get('done_reason')}")
+        reason = final.get("done_reason")
+        result.error = empty_caption_error(reason == "length", f"done_reason {reason}")
     return result
 
 

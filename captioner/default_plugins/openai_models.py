@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -20,8 +21,8 @@ from captioner.models import (
     DEFAULT_MAX_TOKENS,
     FAILED,
     REFUSED,
-    CaptionResult,
     CaptionRequest,
+    CaptionResult,
     Model,
     ProviderError,
     empty_caption_error,
@@ -97,7 +98,8 @@ OPTIONS = (
     Option("presence_penalty", "float", "Penalise tokens already used", minimum=-2, maximum=2),
 )
 # Engines such as vLLM and llama.cpp take a few sampling knobs OpenAI does not.
-COMPATIBLE_OPTIONS = OPTIONS + (
+COMPATIBLE_OPTIONS = (
+    *OPTIONS,
     TOP_K,
     Option("repetition_penalty", "float", "vLLM / llama.cpp repetition penalty", minimum=0, maximum=10),
     Option("min_p", "float", "vLLM / llama.cpp minimum token probability", minimum=0, maximum=1),
@@ -145,10 +147,10 @@ def parse_response(body: Any) -> CaptionResult:
     return result
 
 
-def fold_stream(chunks: list[Any]) -> dict[str, Any]:
+def fold_stream(events: list[Any]) -> dict[str, Any]:
     """Streamed `chat.completion.chunk`s folded into one non-streamed response body."""
     content, refusal, finish, usage = [], [], None, None
-    for chunk in chunks:
+    for chunk in events:
         usage = chunk.get("usage") or usage
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
@@ -170,10 +172,10 @@ def _content_text(content: Any) -> str | None:
 
 class OpenAIChatModel(HTTPModel):
     provider = "openai"
-    batch_discount = 0.5  # the provider's Batch API halves both prices
     key_name = "openai"
     key_env = ("OPENAI_API_KEY",)
-    accepted_options = OPTIONS
+    accepted_options: Sequence[Option] | None = OPTIONS
+    batch_discount: float | None = 0.5  # the provider's Batch API halves both prices
     map_error = staticmethod(map_error)
     fold_stream = staticmethod(fold_stream)
     parse_body = staticmethod(parse_response)
