@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 CORPUS = next(
-    (Path(p) / "corpus" for p in (os.environ.get("CAPTIONER_SHARED"), REPO.parent / "shared", "/work/shared")
+    (Path(p) / "corpus" for p in (os.environ.get("CAPTIONER_SHARED"), REPO.parent / "shared")
      if p and (Path(p) / "corpus").is_dir()),
     None,
 )

@@ -108,7 +108,40 @@ def db_option(fn: Callable) -> Callable:
     )(fn)
 
 
-@click.group()
+def json_option(what: str) -> Callable[[Callable], Callable]:
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON")
+
+
+def stack(*decorators: Callable[[Callable], Callable]) -> Callable[[Callable], Callable]:
+    """Several click decorators as one, applied in the order written."""
+
+    def apply(fn: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+# The recipe options caption, estimate and compare share.
+recipe_options = stack(
+    click.option("-p", "--prompt", default=DEFAULT_PROMPT, show_default="a short factual description",
+                 help="What to ask about each photo"),
+    click.option("-s", "--system", help="System prompt"),
+    click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
+                 help="Model option, e.g. -o detail low, -o max_tokens 200 (see `captioner models --options`)"),
+)
+selection_options = stack(
+    click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (repeatable)"),
+    click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching (repeatable)"),
+)
+max_side_option = click.option("--max-side", type=click.IntRange(64, 8192), metavar="PX",
+                               help="Long side of the image sent [default: the model's, usually 1024]")
+concurrency_option = click.option("--concurrency", type=click.IntRange(1, 512), default=8, show_default=True,
+                                  help="Requests in flight at once (lowered automatically on rate limits)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="captioner")
 def cli() -> None:
     """Caption photo libraries with vision language models."""
@@ -117,31 +150,33 @@ def cli() -> None:
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-m", "--model", "model_name", help="Model id (see `captioner models`)")
-@click.option("-p", "--prompt", default=DEFAULT_PROMPT, show_default="a short factual description")
-@click.option("-s", "--system", help="System prompt")
-@click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
-              help="Model option, e.g. -o detail low, -o max_tokens 200")
+@recipe_options
 @db_option
 @click.option("--key", help="API key (overrides the keys file and env vars)")
-@click.option("--concurrency", type=click.IntRange(1, 512), default=8, show_default=True)
+@concurrency_option
 @click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), metavar="USD",
               help="Stop before spending more than this")
 @click.option("--limit", type=click.IntRange(min=0), help="Caption at most N new images")
-@click.option("--max-side", type=click.IntRange(64, 8192), metavar="PX",
-              help="Long side of the image sent [default: the model's, usually 1024]")
-@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (repeatable)")
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching (repeatable)")
+@max_side_option
+@selection_options
 @click.option("--force", is_flag=True, help="Caption again even if already captioned")
 @click.option("--retry-failed", is_flag=True, help="Try images that failed before again")
-@click.option("--retries", type=click.IntRange(0, 20), default=4, show_default=True)
+@click.option("--retries", type=click.IntRange(0, 20), default=4, show_default=True,
+              help="Tries after the first for rate limits, overloads, 5xx and timeouts")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
               help="Seconds to wait for one response")
 @click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="At most this many requests per minute")
 @click.option("--backoff", type=click.FloatRange(min=0), default=1.0, hidden=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON")
+@json_option("the summary")
 def caption(paths, model_name, prompt, system, options, db, key, concurrency, max_cost, limit,
             max_side, include, exclude, force, retry_failed, retries, timeout, rpm, backoff, as_json):
-    """Caption every photo under PATHS and store the results."""
+    """Caption every photo under PATHS and store the results.
+
+    \b
+    Examples:
+      captioner caption ~/Pictures
+      captioner caption ~/Pictures -m gpt-4.1-nano --max-cost 2.50
+    """
     _check_paths(paths)
     (model,), keys = _models_and_keys((model_name,) if model_name else (), key, need_keys=True)
     options = check_options([model], options)
@@ -202,10 +237,17 @@ def _progress_bar(total: int) -> Callable[[dict[str, Any]], None]:
 
 @cli.command()
 @db_option
-@click.option("--by", type=click.Choice(["model", "run", "day"]), default="model", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--by", type=click.Choice(["model", "run", "day"]), default="model", show_default=True,
+              help="Group the totals by model, run or day (UTC)")
+@json_option("the rows")
 def cost(db, by, as_json):
-    """What the stored captions cost, by model, run or day."""
+    """What the stored captions cost, by model, run or day.
+
+    \b
+    Examples:
+      captioner cost
+      captioner cost --by day --json
+    """
     store = open_store(db or config.default_db(), readonly=True)
     rows = report.cost_rows(store, by)
     store.close()
@@ -318,17 +360,20 @@ def keys_path():
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-m", "--model", "model_names", multiple=True, help="Model id (repeatable)")
-@click.option("-p", "--prompt", default=DEFAULT_PROMPT, show_default="the default caption prompt")
-@click.option("-s", "--system", help="System prompt")
-@click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE")
+@recipe_options
 @click.option("--output-tokens", type=click.IntRange(0), default=estimating.DEFAULT_OUTPUT_TOKENS,
               show_default=True, help="Assumed length of each caption")
-@click.option("--max-side", type=click.IntRange(64, 8192), metavar="PX")
-@click.option("--include", multiple=True, metavar="GLOB")
-@click.option("--exclude", multiple=True, metavar="GLOB")
-@click.option("--json", "as_json", is_flag=True)
+@max_side_option
+@selection_options
+@json_option("the estimates")
 def estimate(paths, model_names, prompt, system, options, output_tokens, max_side, include, exclude, as_json):
-    """Predict the cost of captioning PATHS, offline (reads image headers only)."""
+    """Predict the cost of captioning PATHS, offline (reads image headers only).
+
+    \b
+    Examples:
+      captioner estimate ~/Pictures
+      captioner estimate ~/Pictures -m gemini-2.5-flash-lite -m gpt-4.1-nano
+    """
     _check_paths(paths)
     models, _ = _models_and_keys(model_names)
     options = check_options(models, options)
@@ -349,20 +394,23 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-m", "--model", "model_names", multiple=True, required=True, help="Model id (at least two)")
-@click.option("-p", "--prompt", default=DEFAULT_PROMPT, show_default="the default caption prompt")
-@click.option("-s", "--system", help="System prompt")
-@click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE")
-@click.option("--sample", "sample_size", type=click.IntRange(1), default=20, show_default=True)
+@recipe_options
+@click.option("--sample", "sample_size", type=click.IntRange(1), default=20, show_default=True,
+              help="How many photos to compare on (always the same ones for a folder)")
 @db_option
-@click.option("--concurrency", type=click.IntRange(1, 512), default=8, show_default=True)
-@click.option("--include", multiple=True, metavar="GLOB")
-@click.option("--exclude", multiple=True, metavar="GLOB")
+@concurrency_option
+@selection_options
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
               help="Write a page with thumbnails and the captions side by side")
-@click.option("--json", "as_json", is_flag=True)
+@json_option("the comparison")
 def compare(paths, model_names, prompt, system, options, sample_size, db, concurrency, include, exclude,
             html_file, as_json):
-    """Caption the same sample of photos with several models and compare cost and words."""
+    """Caption the same sample of photos with several models and compare cost and words.
+
+    \b
+    Example:
+      captioner compare ~/Pictures -m gemini-2.5-flash-lite -m gpt-4.1-nano --html compare.html
+    """
     _check_paths(paths)
     if len(set(model_names)) < 2:
         raise ConfigFailure("compare needs at least two different models (-m A -m B)")
@@ -393,7 +441,8 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
 
 @cli.command()
 @db_option
-@click.option("--format", "fmt", type=click.Choice(["xmp", "txt", "csv", "jsonl", "html"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["xmp", "txt", "csv", "jsonl", "html"]), required=True,
+              help="xmp/txt sidecars beside the photos, or one csv/jsonl/html file")
 @click.option("-m", "--model", "model_name", help="Only captions by this model (default: the newest per photo)")
 @click.option("--out", metavar="DIR|FILE",
               help="xmp/txt: folder for the sidecars [default: next to each photo]; "
@@ -401,7 +450,13 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
 @click.option("--sidecar-name", type=click.Choice(["append", "replace"]), default="append", show_default=True,
               help="xmp: IMG_1234.jpg.xmp (append) or IMG_1234.xmp (replace)")
 def export(db, fmt, model_name, out, sidecar_name):
-    """Export stored captions: XMP sidecars photo apps read, .txt sidecars, CSV, JSON Lines or an HTML gallery."""
+    """Export stored captions: XMP sidecars photo apps read, .txt sidecars, CSV, JSON Lines or an HTML gallery.
+
+    \b
+    Examples:
+      captioner export --format xmp
+      captioner export --format csv --out captions.csv
+    """
     store = open_store(db or config.default_db(), readonly=True)
     try:
         if fmt == "html":
@@ -436,10 +491,16 @@ def export(db, fmt, model_name, out, sidecar_name):
 @click.option("-m", "--model", "model_name", help="Only captions by this model")
 @click.option("--since", metavar="DATE", help="Taken on or after (YYYY-MM-DD)")
 @click.option("--until", metavar="DATE", help="Taken on or before (YYYY-MM-DD)")
-@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="Show at most N matches")
+@json_option("the matches")
 def search(query, db, model_name, since, until, limit, as_json):
-    """Find photos by words in their captions (full-text, "butterflies" finds "butterfly")."""
+    """Find photos by words in their captions (full-text, "butterflies" finds "butterfly").
+
+    \b
+    Examples:
+      captioner search butterflies
+      captioner search "dog AND beach" --since 2023-01-01
+    """
     store = open_store(db or config.default_db(), readonly=True)
     try:
         results = search_captions(store, query, model=model_name, since=since, until=until, limit=limit)
@@ -471,7 +532,12 @@ def search(query, db, model_name, since, until, limit, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Rows as a JSON list of objects")
 @click.option("--csv", "as_csv", is_flag=True, help="Rows as CSV")
 def sql(query, db, as_json, as_csv):
-    """Run a read-only SQL query (tables: images, runs, captions; view: photo_captions)."""
+    """Run a read-only SQL query (tables: images, runs, captions; view: photo_captions).
+
+    \b
+    Example:
+      captioner sql "SELECT path, caption FROM photo_captions WHERE caption LIKE '%sunset%'" --csv
+    """
     store = open_store(db or config.default_db(), readonly=True)
     try:
         columns, records = run_sql(store, query)

@@ -25,7 +25,7 @@ PROVIDER_ENV = (
 
 def find_shared() -> Path | None:
     """The shared corpus and fixtures live beside the repository (../shared)."""
-    candidates = [os.environ.get("CAPTIONER_SHARED"), REPO.parent / "shared", "/work/shared"]
+    candidates = [os.environ.get("CAPTIONER_SHARED"), REPO.parent / "shared"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "corpus").is_dir():
             return Path(candidate)
