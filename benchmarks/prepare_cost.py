@@ -10,10 +10,11 @@ import argparse
 import io
 import time
 
-from _common import camera_jpegs, machine, workdir
 from PIL import Image
 
 from captioner.media import prepare_image
+
+from _common import camera_jpegs, machine, workdir
 
 
 def baseline(data: bytes, size: tuple[int, int]) -> bytes:

@@ -11,10 +11,10 @@ import argparse
 import random
 import time
 
-from _common import machine, workdir
-
 from captioner.search import search
 from captioner.store import Store
+
+from _common import machine, workdir
 
 WORDS = """
 cat dog pug tabby rocket launch pad dusk espresso cup saucer table beach sunset mountain cairn

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fakes import FakeAnthropic, FakeGemini, FakeOllama, FakeOpenAI
-
 from captioner.cli import cli
+
+from fakes import FakeAnthropic, FakeGemini, FakeOllama, FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PHOTOS = REPO / "sample_photos"

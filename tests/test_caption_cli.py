@@ -8,11 +8,12 @@ import os
 import shutil
 
 import pytest
-from conftest import rows, run
-from fakes import Fault, image_label
 from PIL import Image, ImageChops, ImageStat
 
 from captioner.media import prepare_image, read_file
+
+from conftest import rows, run
+from fakes import Fault, image_label
 
 
 def test_one_ok_caption_per_photo(fake_openai, photos, db):

@@ -8,6 +8,7 @@ import sys
 import click
 
 from captioner.cli import cli
+
 from conftest import REPO, run
 
 

@@ -6,12 +6,13 @@ import json
 import shutil
 
 import pytest
-from conftest import run
 from PIL import Image
 
 from captioner.default_plugins.anthropic_models import anthropic_image_tokens
 from captioner.default_plugins.gemini_models import gemini_image_tokens
 from captioner.default_plugins.openai_models import OpenAIChatModel
+
+from conftest import run
 
 
 @pytest.mark.parametrize("size, tokens", [((200, 200), 54), ((1000, 1000), 1334), ((1092, 1092), 1590)])

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import rows, run
-from fakes import FakeOpenAI, Fault, image_label
 from PIL import Image, ImageDraw
 
 from captioner.media import prepare_image, read_file
+
+from conftest import rows, run
+from fakes import FakeOpenAI, Fault, image_label
 
 
 def distinct_photos(folder: Path, source: Path, count: int) -> list[Path]:

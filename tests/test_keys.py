@@ -6,10 +6,10 @@ import json
 import os
 import stat
 
-from conftest import rows, run
-
 from captioner import config
 from captioner.plugins import get_model
+
+from conftest import rows, run
 
 
 def test_keys_set_from_stdin_creates_a_private_file():

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import rows, run
-from fakes import Fault
 
 from captioner.plugins import get_model
 from captioner.pricing import price_request
+
+from conftest import rows, run
+from fakes import Fault
 
 
 @pytest.fixture

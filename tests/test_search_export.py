@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 import sqlite_utils
+
 from conftest import rows, run
 
 CAPTIONS = {
