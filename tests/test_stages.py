@@ -1,0 +1,216 @@
+"""The run's stages on their own: run control, budget, send with retries, ledger, planning."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+
+import httpx
+import pytest
+
+from captioner.budget import Budget
+from captioner.control import EARLY_FAILURE_LIMIT, RunControl
+from captioner.ledger import Ledger, Recipe
+from captioner.models import FAILED, OK, CaptionRequest, CaptionResult, Model, ProviderError
+from captioner.plan import make_plan
+from captioner.plugins import get_model
+from captioner.report import RunSummary
+from captioner.send import AdaptiveLimit, Answer, NoAnswer, NotSent, RateCap, RetryPolicy, Sender
+from captioner.store import Store
+
+REQUEST = CaptionRequest(jpeg=b"\xff\xd8 not really a jpeg", width=4, height=3, prompt="Describe.",
+                         key="sk-secret-value-123")
+
+
+class ScriptedModel(Model):
+    """Answers each call with the next item of a script: a result, or an exception to raise."""
+
+    model_id = "scripted"
+    provider = "local"
+    needs_key = False
+
+    def __init__(self, *script):
+        self.script = list(script)
+        self.calls = 0
+
+    def image_tokens(self, width, height, options):
+        return 100
+
+    async def caption(self, request, client):
+        self.calls += 1
+        step = self.script.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+
+def send(model, control=None, retries=2):
+    control = control or RunControl(model.model_id)
+
+    async def go():
+        async with httpx.AsyncClient() as client:
+            sender = Sender(model, client, control, RetryPolicy(retries=retries, backoff_base=0),
+                            AdaptiveLimit(2), RateCap(None))
+            return await sender.send(REQUEST)
+
+    return asyncio.run(go()), control
+
+
+# -- run control ---------------------------------------------------------------
+
+def test_control_the_most_serious_reason_names_the_end():
+    control = RunControl("m")
+    control.budget_reached(0.05)
+    assert control.stopping and control.status == "budget" and "0.05" in control.message
+    control.interrupt()
+    assert control.status == "interrupted" and "0.05" in control.message
+    control.fatal("HTTP 401: bad key")
+    assert control.status == "failed" and control.message == "HTTP 401: bad key"
+    control.budget_reached(0.05)
+    assert control.status == "failed"
+
+
+def test_control_second_interrupt_abandons_requests_in_flight():
+    control = RunControl("m")
+    assert control.interrupt() is False
+    assert control.interrupt() is True
+
+
+def test_control_early_failures_stop_the_run_until_one_answer_arrives():
+    control = RunControl("m")
+    for _ in range(EARLY_FAILURE_LIMIT - 1):
+        assert control.failed_without_answer("connection refused") is True
+    assert not control.stopping
+    assert control.failed_without_answer("connection refused") is True
+    assert control.status == "failed" and "first 3 requests to m all failed" in control.message
+
+    answered = RunControl("m")
+    answered.answered_ok()
+    assert answered.failed_without_answer("timeout") is False
+    assert not answered.stopping
+
+
+# -- budget --------------------------------------------------------------------
+
+def test_budget_reserves_the_worst_case_and_settles_with_the_bill():
+    budget = Budget(0.01, get_model("gpt-4.1-nano"), {"max_tokens": "400"}, user_prices={})
+    worst = budget.worst_case(1000)
+    # 1,250 input (estimate + 25%) + 50 at $0.10/M and 400 output at $0.40/M.
+    assert worst == pytest.approx(1300 * 0.10e-6 + 400 * 0.40e-6)
+    assert budget.reserve(worst)
+    budget.settle(worst, 0.00002)
+    assert budget.reserved == pytest.approx(0) and budget.spent == pytest.approx(0.00002)
+    assert not budget.reserve(0.0100)  # would pass the cap with what is already spent
+
+
+def test_no_budget_never_refuses():
+    budget = Budget(None, get_model("gpt-4.1-nano"), {})
+    assert budget.worst_case(10**6) == 0.0 and budget.reserve(1e9)
+
+
+# -- send ------------------------------------------------------------------------
+
+def test_send_retries_retryable_faults_then_answers():
+    ok = CaptionResult(text="A cat.", input_tokens=10, output_tokens=3)
+    model = ScriptedModel(ProviderError("HTTP 503", retryable=True), httpx.ReadTimeout("slow"), ok)
+    outcome, _ = send(model)
+    assert isinstance(outcome, Answer) and outcome.result is ok and model.calls == 3
+
+
+def test_send_gives_up_after_the_last_retry_with_the_last_error():
+    model = ScriptedModel(*[ProviderError("HTTP 500: boom", retryable=True)] * 3)
+    outcome, control = send(model, retries=2)
+    assert outcome == NoAnswer("HTTP 500: boom (after 3 attempts)") and not control.stopping
+
+
+def test_send_does_not_retry_a_final_error():
+    model = ScriptedModel(ProviderError("HTTP 400: bad image"), CaptionResult(text="never"))
+    outcome, _ = send(model)
+    assert outcome == NoAnswer("HTTP 400: bad image") and model.calls == 1
+
+
+def test_a_fatal_error_stops_the_run_and_the_request_counts_as_not_sent():
+    model = ScriptedModel(ProviderError("HTTP 401: invalid key", fatal=True))
+    outcome, control = send(model)
+    assert isinstance(outcome, NotSent)
+    assert control.status == "failed" and "invalid key" in control.message
+
+
+def test_nothing_is_sent_once_the_run_is_stopping():
+    model = ScriptedModel(CaptionResult(text="never"))
+    control = RunControl(model.model_id)
+    control.interrupt()
+    outcome, _ = send(model, control)
+    assert isinstance(outcome, NotSent) and model.calls == 0
+
+
+# -- ledger ----------------------------------------------------------------------
+
+@pytest.fixture
+def store(db):
+    store = Store(str(db))
+    yield store
+    store.close()
+
+
+def ledger_for(store, control):
+    model = get_model("gpt-4.1-nano")
+    run_id = store.start_run(model.model_id, "Describe.", {})
+    image_ids = [store.save_image(f"/photos/{n}.jpg", hashlib.sha256(bytes([n])).hexdigest(), 10, 1.0)
+                 for n in range(4)]
+    return Ledger(store, model, Recipe("Describe."), RunSummary(run_id, model.model_id), control), image_ids
+
+
+def statuses(db):
+    with sqlite3.connect(db) as conn:
+        return [row[0] for row in conn.execute("SELECT status FROM captions ORDER BY id")]
+
+
+def test_ledger_records_and_prices_an_answer_at_once(store, db):
+    ledger, ids = ledger_for(store, RunControl("gpt-4.1-nano"))
+    cost = ledger.record(ids[0], "/photos/0.jpg", CaptionResult(text="A cat.", input_tokens=1000, output_tokens=100),
+                         250, estimated=990)
+    assert cost == pytest.approx(1000 * 0.10e-6 + 100 * 0.40e-6)
+    assert statuses(db) == [OK]
+    assert ledger.summary.ok == 1 and ledger.summary.cost_usd == pytest.approx(cost)
+
+
+def test_ledger_holds_early_failures_and_records_them_after_an_answer(store, db):
+    ledger, ids = ledger_for(store, RunControl("gpt-4.1-nano"))
+    ledger.record_no_answer(ids[0], "/photos/0.jpg", "timed out", 900)
+    assert statuses(db) == []  # held: the run may be at fault
+    ledger.record(ids[1], "/photos/1.jpg", CaptionResult(text="A dog.", input_tokens=10, output_tokens=2), 100)
+    assert statuses(db) == [OK, FAILED]
+
+
+def test_ledger_drops_held_failures_when_the_run_was_at_fault(store, db):
+    control = RunControl("gpt-4.1-nano")
+    ledger, ids = ledger_for(store, control)
+    for n in range(EARLY_FAILURE_LIMIT):
+        ledger.record_no_answer(ids[n], f"/photos/{n}.jpg", "connection refused", None)
+    assert control.run_at_fault
+    ledger.close()
+    assert statuses(db) == []  # fixing the URL and running again tries them all
+
+
+# -- planning --------------------------------------------------------------------
+
+def test_planning_reads_but_never_writes(photos, db):
+    Store(str(db)).close()  # an empty database
+    before = db.read_bytes()
+    store = Store(str(db))
+    plan = make_plan(store, [str(photos)], "gpt-4.1-nano", "Describe.", limit=3)
+    store.close()
+    assert len(plan.todo) == 3 and plan.over_limit == len(list(photos.iterdir())) - 3
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+    assert db.read_bytes() == before
+
+
+# -- the request a plugin receives ------------------------------------------------
+
+def test_a_request_repr_shows_neither_the_key_nor_the_image_bytes():
+    text = repr(REQUEST)
+    assert "sk-secret-value-123" not in text and "not really a jpeg" not in text
+    assert "bytes" in text and "key=<set>" in text
