@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -83,6 +84,6 @@ def test_rpm_spaces_the_requests(fake_openai, photos, db):
                  "-m", "gpt-4o-mini", "--db", db, "--rpm", "150", "--concurrency", "3")
     assert result.exit_code == 0, result.output
     arrivals = sorted(r.at for r in fake_openai.image_requests)
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert len(arrivals) == 3 and min(gaps) >= 0.35  # 150 per minute: one every 0.4 s
     assert len({image_label(r.images[0]) for r in fake_openai.image_requests}) == 3
