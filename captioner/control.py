@@ -75,8 +75,8 @@ class RunControl:
         has worked, such a failure may be the run's fault rather than the
         image's: returns True to hold it back. The first few all failing stop
         the run as fatal."""
-        if self.answered:
-            return False
+        if self.answered or self.stopping:
+            return False  # the run already worked, or stopped for another reason
         self.unanswered += 1
         if self.unanswered >= EARLY_FAILURE_LIMIT:
             self.fatal(f"the first {EARLY_FAILURE_LIMIT} requests to {self.model_id} all failed: {error}")

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from .answers import MAX_BODY_BYTES, parse_json
 from .models import (
     CaptionRequest,
     CaptionResult,
@@ -23,7 +24,6 @@ from .models import (
     error_body,
     error_for_status,
     is_event_stream,
-    response_json,
     sse_payloads,
 )
 
@@ -71,7 +71,7 @@ class HTTPModel(Model):
     def read_body(self, response: httpx.Response) -> Any:
         if is_event_stream(response):
             return self.fold_stream(sse_payloads(response.text))
-        return response_json(response)
+        return parse_json(response.content)
 
     def typed_options(self, request: CaptionRequest) -> dict[str, Any]:
         """The request's `-o` values, typed by the model's declared options."""
@@ -79,10 +79,38 @@ class HTTPModel(Model):
 
     async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
         body = json.dumps(self.build_body(request))
-        response = await client.post(self.endpoint(), content=body, headers=self.request_headers(request.key))
+        response = await post_capped(client, self.endpoint(), body, self.request_headers(request.key))
         if response.status_code != 200:
             raise self.map_error(response)
-        return self.parse_body(self.read_body(response))
+        try:
+            return self.parse_body(self.read_body(response))
+        except ProviderError:
+            raise
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError, OverflowError) as exc:
+            # A body of the wrong shape (`choices: ["x"]`, `parts: ["x"]`): the answer is unusable.
+            raise ProviderError(f"malformed response from server ({exc.__class__.__name__}: {exc})"[:300]) from exc
+
+
+async def post_capped(client: httpx.AsyncClient, url: str, body: str, headers: dict[str, str],
+                      limit: int = MAX_BODY_BYTES) -> httpx.Response:
+    """POST and read the answer, refusing a body (after decompression) larger
+    than `limit`, so a huge or gzip-bomb answer cannot exhaust memory."""
+    async with client.stream("POST", url, content=body, headers=headers) as response:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ProviderError(f"response body of {int(declared):,} bytes is over the {limit:,}-byte limit")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise ProviderError(f"response body is over the {limit:,}-byte limit")
+            chunks.append(chunk)
+    # A plain Response holding the decoded bytes, so the usual .json()/.text work on it.
+    headers = [(k, v) for k, v in response.headers.multi_items()
+               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
+                          request=response.request)
 
 
 def jpeg_base64(request: CaptionRequest) -> str:

@@ -235,14 +235,19 @@ class Runner:
         request = CaptionRequest(jpeg=prepared.jpeg, width=prepared.sent_width, height=prepared.sent_height,
                                  prompt=s.prompt, system=s.system, options=s.options, key=s.key)
         outcome = await sender.send(request)
-        cost = None
+        # What the budget counts as spent: the bill; or, where the bill is unknown
+        # (untrusted usage, a timeout after sending), the whole reservation.
+        spent: float | None = 0.0
         if isinstance(outcome, Answer):
-            cost = self.ledger.record(image_id, found.path, outcome.result, outcome.duration_ms, estimated)
+            spent = self.ledger.record(image_id, found.path, outcome.result, outcome.duration_ms, estimated)
+            if spent is None:
+                spent = reserved
         elif isinstance(outcome, NoAnswer):
             self.ledger.record_no_answer(image_id, found.path, outcome.error, estimated)
+            spent = reserved if outcome.maybe_billed else 0.0
         elif isinstance(outcome, NotSent):
             self.ledger.not_sent()
-        self.budget.settle(reserved, cost)
+        self.budget.settle(reserved, spent)
 
 
 def caption_paths(

@@ -3,9 +3,15 @@ optional requests-per-minute cap, and retries with backoff. The answer is a
 small outcome type, so the caller never has to read a three-way value:
 
     Answer      the provider answered (the result may still be a refusal)
-    NoAnswer    no usable answer after the last retry, or a final error
-    NotSent     the run stopped before the request went out, or a fatal fault
-                stopped it (the control records why)
+    NoAnswer    no usable answer after the last retry, or a final error;
+                `maybe_billed` when the last attempt may have been paid for
+                (it timed out or its answer could not be read)
+    NotSent     the run stopped before the request went out (or before a retry),
+                or a fatal fault stopped it (the control records why)
+
+Every answer passes `answers.checked` and every error `answers.redact`, and
+each attempt has one total deadline (`--timeout`), not only a per-read one, so
+a server that trickles bytes cannot hold a request for ever.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Union
 
 import httpx
 
+from .answers import checked, redact
 from .control import RunControl
 from .models import CaptionRequest, CaptionResult, Model, ProviderError
 
@@ -32,6 +39,7 @@ class Answer:
 @dataclass(frozen=True)
 class NoAnswer:
     error: str
+    maybe_billed: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,9 +135,13 @@ class Sender:
     async def send(self, request: CaptionRequest) -> SendOutcome:
         policy = self.policy
         last_error = "unknown error"
+        maybe_billed = False
         attempt = 0
+        max_output = self.model.max_output_tokens(request.options)
         for attempt in range(policy.retries + 1):
             if attempt:
+                if self.control.stopping:
+                    return NotSent()  # not answered and not retried: tried again next run
                 self.on_retry()
             retry_after = None
             async with self.limit:
@@ -137,30 +149,39 @@ class Sender:
                 if self.control.stopping and attempt == 0:
                     return NotSent()
                 started = time.monotonic()
+                maybe_billed = False
                 try:
-                    result = await self.model.caption(request, self.client)
+                    result = await asyncio.wait_for(self.model.caption(request, self.client), policy.timeout)
+                    answer = Answer(checked(result, max_output), int((time.monotonic() - started) * 1000))
                     self.limit.succeeded()
-                    return Answer(result, int((time.monotonic() - started) * 1000))
+                    return answer
                 except ProviderError as exc:
+                    message = redact(exc.message, request.key)
                     if exc.fatal:
-                        self.control.fatal(f"{self.model.model_id}: {exc.message}")
+                        self.control.fatal(f"{self.model.model_id}: {message}")
                         return NotSent()
-                    last_error = exc.message
+                    last_error = message
+                    # An unreadable 200 may have been billed; an error status was not.
+                    maybe_billed = exc.status_code is None
                     if not exc.retryable:
                         break
                     if exc.status_code == 429:
                         self.limit.rate_limited()
                     retry_after = exc.retry_after
-                except httpx.TimeoutException:
+                except (httpx.TimeoutException, asyncio.TimeoutError):
                     last_error = f"timed out after {policy.timeout:g}s"
+                    maybe_billed = True
                 except httpx.TransportError as exc:
-                    last_error = f"connection error: {exc.__class__.__name__}: {exc}"
-            if self.control.stopping:
-                break
+                    last_error = redact(f"connection error: {exc.__class__.__name__}: {exc}", request.key)
+                    maybe_billed = True
+                except Exception as exc:  # a plugin's own bug must not end the run
+                    last_error = redact(f"{self.model.model_id} failed: {exc.__class__.__name__}: {exc}",
+                                        request.key)[:300]
+                    break
             if attempt < policy.retries:
                 await asyncio.sleep(
                     backoff_delay(attempt, policy.backoff_base, policy.backoff_cap, retry_after,
                                   policy.retry_after_cap)
                 )
         attempts = f" (after {attempt + 1} attempts)" if attempt else ""
-        return NoAnswer(last_error + attempts)
+        return NoAnswer(last_error + attempts, maybe_billed)

@@ -115,7 +115,7 @@ def test_send_retries_retryable_faults_then_answers():
     ok = CaptionResult(text="A cat.", input_tokens=10, output_tokens=3)
     model = ScriptedModel(ProviderError("HTTP 503", retryable=True), httpx.ReadTimeout("slow"), ok)
     outcome, _ = send(model)
-    assert isinstance(outcome, Answer) and outcome.result is ok and model.calls == 3
+    assert isinstance(outcome, Answer) and outcome.result == ok and model.calls == 3
 
 
 def test_send_gives_up_after_the_last_retry_with_the_last_error():
