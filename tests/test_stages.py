@@ -119,13 +119,13 @@ def test_send_retries_retryable_faults_then_answers():
 
 
 def test_send_gives_up_after_the_last_retry_with_the_last_error():
-    model = ScriptedModel(*[ProviderError("HTTP 500: boom", retryable=True)] * 3)
+    model = ScriptedModel(*[ProviderError("HTTP 500: boom", retryable=True, status_code=500)] * 3)
     outcome, control = send(model, retries=2)
-    assert outcome == NoAnswer("HTTP 500: boom (after 3 attempts)") and not control.stopping
+    assert outcome == NoAnswer("HTTP 500: boom (after 3 attempts)", maybe_billed=False) and not control.stopping
 
 
 def test_send_does_not_retry_a_final_error():
-    model = ScriptedModel(ProviderError("HTTP 400: bad image"), CaptionResult(text="never"))
+    model = ScriptedModel(ProviderError("HTTP 400: bad image", status_code=400), CaptionResult(text="never"))
     outcome, _ = send(model)
     assert outcome == NoAnswer("HTTP 400: bad image") and model.calls == 1
 
