@@ -107,9 +107,9 @@ async def post_capped(client: httpx.AsyncClient, url: str, body: str, headers: d
                 raise ProviderError(f"response body is over the {limit:,}-byte limit")
             chunks.append(chunk)
     # A plain Response holding the decoded bytes, so the usual .json()/.text work on it.
-    headers = [(k, v) for k, v in response.headers.multi_items()
+    kept = [(k, v) for k, v in response.headers.multi_items()
                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
-    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
+    return httpx.Response(response.status_code, headers=kept, content=b"".join(chunks),
                           request=response.request)
 
 

@@ -5,21 +5,33 @@ never loses what was paid for.
 Failures with no answer are held back until the first request succeeds (the
 run control decides whether the run, not the image, was at fault); `close`
 records them unless the run was.
+
+Writes go through the run's `write` function (one writer thread, so a slow
+database never stalls the event loop). When the database refuses a billed
+answer (disk full, locked too long), the answer goes to the recovery file,
+which the next run stores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from . import pricing
 from .control import RunControl
 from .models import FAILED, OK, CaptionResult, Model
 from .report import RunSummary
-from .store import Store
+from .store import Store, WriteFailed
 
 Progress = Callable[[dict[str, Any]], None]
+Write = Callable[..., Awaitable[Any]]
+
+
+async def write_now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A write on the calling thread (for tests and tools that need no writer thread)."""
+    return fn(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,16 @@ class HeldFailure:
     estimated: int | None
 
 
+@dataclass(frozen=True)
+class PhotoFile:
+    """What the recovery file needs to store an answer without the images row."""
+
+    path: str
+    sha256: str
+    size: int
+    mtime: float
+
+
 class Ledger:
     def __init__(
         self,
@@ -48,6 +70,7 @@ class Ledger:
         user_prices: dict[str, Any] | None = None,
         progress: Progress = lambda update: None,
         concurrency: Callable[[], int | None] = lambda: None,
+        write: Write = write_now,
     ) -> None:
         self.store = store
         self.model = model
@@ -57,10 +80,19 @@ class Ledger:
         self.user_prices = user_prices
         self.progress = progress
         self.concurrency = concurrency
+        self.write = write
         self.held: list[HeldFailure] = []
+        self.files: dict[int, PhotoFile] = {}
+        self.recovery_files: set[Path] = set()
+        self.kept_for_recovery = 0
+        self.lost = 0
 
-    def record(self, image_id: int, path: str, result: CaptionResult, duration_ms: int | None,
-               estimated: int | None = None) -> float | None:
+    def know_file(self, image_id: int, file: PhotoFile) -> None:
+        """Remember an image's file facts, in case its answer must go to the recovery file."""
+        self.files[image_id] = file
+
+    async def record(self, image_id: int, path: str, result: CaptionResult, duration_ms: int | None,
+                     estimated: int | None = None) -> float | None:
         """Price, store and count one result. Returns its cost (None if unpriced or unbilled)."""
         summary = self.summary
         cost = price_in = price_out = None
@@ -77,22 +109,24 @@ class Ledger:
             summary.input_tokens += result.input_tokens or 0
             summary.output_tokens += result.output_tokens or 0
             summary.cost_usd += cost or 0.0
-        self.store.save_caption(
-            image_id=image_id,
-            run_id=summary.run_id,
-            model=self.model.model_id,
-            prompt=self.recipe.prompt,
-            result=result,
-            cost_usd=cost,
-            price_in_per_m=price_in,
-            price_out_per_m=price_out,
-            duration_ms=duration_ms,
-            estimated_input_tokens=estimated,
-        )
+        row = {
+            "run_id": summary.run_id,
+            "model": self.model.model_id,
+            "prompt": self.recipe.prompt,
+            "cost_usd": cost,
+            "price_in_per_m": price_in,
+            "price_out_per_m": price_out,
+            "duration_ms": duration_ms,
+            "estimated_input_tokens": estimated,
+        }
+        try:
+            await self.write(self.store.save_caption, image_id=image_id, result=result, **row)
+        except WriteFailed:
+            self._keep_for_recovery(image_id, result, row)
         if result.status == OK:
             summary.ok += 1
             self.control.answered_ok()
-            self._record_held()
+            await self._record_held()
         elif result.status == FAILED:
             summary.failed += 1
             summary.failures.append((path, result.error or "failed"))
@@ -102,12 +136,26 @@ class Ledger:
         self.progress({"advance": 1, "cost": summary.cost_usd, "concurrency": self.concurrency()})
         return cost
 
-    def record_no_answer(self, image_id: int, path: str, error: str, estimated: int | None) -> None:
+    def _keep_for_recovery(self, image_id: int, result: CaptionResult, row: dict[str, Any]) -> None:
+        if result.input_tokens is None and result.output_tokens is None:
+            return  # nothing was paid for: the photo is simply tried again next run
+        file = self.files.get(image_id)
+        kept = None
+        if file is not None:
+            kept = self.store.keep_for_recovery({"kind": "caption", **asdict(file), "caption": row,
+                                                 "result": asdict(result)})
+        if kept is None:
+            self.lost += 1
+        else:
+            self.recovery_files.add(kept)
+            self.kept_for_recovery += 1
+
+    async def record_no_answer(self, image_id: int, path: str, error: str, estimated: int | None) -> None:
         """A request that got no answer: recorded failed, or held back while the run may be at fault."""
         if self.control.failed_without_answer(error):
             self.held.append(HeldFailure(image_id, path, error, estimated))
         else:
-            self.record(image_id, path, failed(error), None, estimated)
+            await self.record(image_id, path, failed(error), None, estimated)
 
     def not_sent(self, count: int = 1) -> None:
         self.summary.not_sent += count
@@ -123,17 +171,17 @@ class Ledger:
         self.summary.retries += 1
         self.progress({"retry": 1})
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Record the failures still held back, unless the run itself was at fault
         (then they are left to be tried again)."""
         if self.control.run_at_fault:
             self.held.clear()
-        self._record_held()
+        await self._record_held()
 
-    def _record_held(self) -> None:
+    async def _record_held(self) -> None:
         held, self.held = self.held, []
         for item in held:
-            self.record(item.image_id, item.path, failed(item.error), None, item.estimated)
+            await self.record(item.image_id, item.path, failed(item.error), None, item.estimated)
 
 
 def failed(error: str) -> CaptionResult:

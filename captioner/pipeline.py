@@ -17,8 +17,10 @@ The event loop is the only thread that writes SQLite.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,14 +31,14 @@ import httpx
 from . import pricing
 from .budget import Budget
 from .control import RunControl
-from .ledger import Ledger, Recipe, failed
+from .ledger import Ledger, PhotoFile, Recipe, failed
 from .media import ImageError, prepare_image, read_file
 from .models import CaptionRequest, Model
 from .plan import Plan, make_plan
 from .report import RunSummary
 from .scan import Found
 from .send import AdaptiveLimit, Answer, NoAnswer, NotSent, RateCap, RetryPolicy, Sender
-from .store import CLAIMED, DONE, Store
+from .store import CLAIMED, DONE, Store, WriteFailed
 
 DEFAULT_PROMPT = (
     "Describe this photo in one or two factual sentences: the main subject, the setting, "
@@ -44,6 +46,37 @@ DEFAULT_PROMPT = (
 )
 
 Progress = Callable[[dict[str, Any]], None]
+# What `docker stop`, systemd and a closed terminal send are treated like Ctrl-C.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Writer:
+    """Every database write of a run, in order, on one thread: a slow or locked
+    database never stalls the event loop, so answers in flight keep arriving.
+    The first write the database refuses (disk full, locked past the busy
+    timeout, read-only, I/O error) stops the run from sending; later writes
+    fail at once with `WriteFailed`."""
+
+    def __init__(self, store: Store, control: RunControl) -> None:
+        self.store = store
+        self.control = control
+        self.failure: str | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.failure is not None:
+            raise WriteFailed(self.failure)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        except sqlite3.Error as exc:
+            if self.failure is None:
+                self.failure = f"cannot write to {self.store.path} ({exc})"
+                self.control.fatal(f"{self.failure}: stopped sending")
+            raise WriteFailed(self.failure) from exc
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
 
 
 @dataclass
@@ -101,8 +134,9 @@ class Runner:
         summary = RunSummary(run_id, self.model.model_id, skipped_done=plan.skipped_done,
                              skipped=list(plan.skipped), not_sent=plan.over_limit)
         self.plan_done = plan.done
+        self.write = Writer(self.store, self.control)
         self.ledger = Ledger(self.store, self.model, Recipe(s.prompt), summary, self.control, self.user_prices,
-                             self.progress, concurrency=lambda: int(self.limit.limit))
+                             self.progress, concurrency=lambda: int(self.limit.limit), write=self.write)
         try:
             asyncio.run(self._run_all(plan.todo))
         except BaseException as exc:
@@ -110,12 +144,30 @@ class Runner:
                 self.control.crashed(f"captioner stopped on an unexpected error: {exc.__class__.__name__}: {exc}")
             raise
         finally:
-            self.ledger.close()
-            self.store.release_all()
+            self.write.close()
             summary.status, summary.message = self.control.status, self.control.message
-            totals = self.store.finish_run(run_id, summary.status, len(plan.todo) + plan.skipped_done)
-            summary.unpriced = totals["unpriced"]
+            self._finish(run_id, summary, len(plan.todo) + plan.skipped_done)
         return summary
+
+    def _finish(self, run_id: int, summary: RunSummary, images_total: int) -> None:
+        """Close the run's row with its true status; if the database cannot take
+        it, the recovery file does, and the next run records it."""
+        ledger = self.ledger
+        try:
+            self.store.release_all()
+            totals = self.store.finish_run(run_id, summary.status, images_total)
+            summary.unpriced = totals["unpriced"]
+        except sqlite3.Error:
+            kept = self.store.keep_for_recovery({"kind": "run_end", "run_id": run_id, "status": summary.status,
+                                                 "images_total": images_total})
+            if kept is not None:
+                ledger.recovery_files.add(kept)
+        if ledger.kept_for_recovery:
+            files = ", ".join(str(p) for p in sorted(ledger.recovery_files))
+            summary.message = (f"{summary.message or 'the database refused a write'}; "
+                               f"{ledger.kept_for_recovery} paid answers kept in {files}: the next run stores them")
+        if ledger.lost:
+            summary.message = f"{summary.message}; {ledger.lost} paid answers could not be kept anywhere"
 
     def _run_options(self) -> dict[str, Any]:
         s = self.settings
@@ -143,10 +195,11 @@ class Runner:
             else:
                 self.progress({"message": "stopping: waiting for requests in flight (Ctrl-C again to abandon them)"})
 
-        try:
-            loop.add_signal_handler(signal.SIGINT, on_interrupt)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
+        for stop_signal in STOP_SIGNALS:
+            try:
+                loop.add_signal_handler(stop_signal, on_interrupt)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
         try:
             async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
                 sender = Sender(self.model, client, self.control, s.retry_policy(), self.limit, RateCap(s.rpm),
@@ -159,11 +212,13 @@ class Runner:
                 for result in results:
                     if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                         raise result
+            await self.ledger.close()
         finally:
-            try:
-                loop.remove_signal_handler(signal.SIGINT)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
+            for stop_signal in STOP_SIGNALS:
+                try:
+                    loop.remove_signal_handler(stop_signal)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass
             executor.shutdown(wait=True, cancel_futures=True)
         self.ledger.not_sent(sum(1 for _ in queue))
 
@@ -172,7 +227,10 @@ class Runner:
             if self.control.stopping:
                 self.ledger.not_sent()
                 continue
-            await self._one(found, sender, executor)
+            try:
+                await self._one(found, sender, executor)
+            except WriteFailed:
+                self.ledger.not_sent()  # the database refused a write: the run is stopping
 
     async def _one(self, found: Found, sender: Sender, executor: ThreadPoolExecutor) -> None:
         """Read one file and caption its content unless it is done, in flight, or claimed elsewhere."""
@@ -184,29 +242,41 @@ class Runner:
             self.ledger.skipped(found.path, f"cannot read: {exc.strerror or exc}")
             return
         # Same content at another path (or being captioned right now): not paid for twice.
-        if sha in self.inflight:
+        while sha in self.inflight:
             await asyncio.shield(self.inflight[sha])
         if sha in self.finished_shas or (self.plan_done is not None and sha in self.plan_done.shas):
-            outcome = DONE
-        else:
-            outcome = self.store.claim(sha, model_id, s.prompt, retry_failed=s.retry_failed, force=s.force)
-        if outcome != CLAIMED:
-            self.store.save_image(found.path, sha, found.size, found.mtime)
-            if outcome == DONE:
-                self.ledger.already_done()
-            else:
-                self.ledger.skipped(found.path, "being captioned by another captioner process")
-                self.progress({"advance": 1})
+            await self._not_new(found, sha, DONE)
             return
+        # Registered before the claim is awaited, so a copy read meanwhile waits for this one.
         finished = loop.create_future()
         self.inflight[sha] = finished
+        claimed = False
         try:
-            await self._caption_new(found, data, sha, sender, executor)
+            outcome = await self.write(self.store.claim, sha, model_id, s.prompt, retry_failed=s.retry_failed,
+                                       force=s.force)
+            claimed = outcome == CLAIMED
+            if claimed:
+                await self._caption_new(found, data, sha, sender, executor)
         finally:
             del self.inflight[sha]
-            self.finished_shas.add(sha)
             finished.set_result(None)
-            self.store.release(sha, model_id, s.prompt)
+            if claimed:
+                self.finished_shas.add(sha)
+                try:
+                    await self.write(self.store.release, sha, model_id, s.prompt)
+                except WriteFailed:
+                    pass  # claims of this process are released when the run ends, or expire
+        if not claimed:
+            await self._not_new(found, sha, outcome)
+
+    async def _not_new(self, found: Found, sha: str, outcome: str) -> None:
+        """A file whose content is captioned already, or held by another captioner process."""
+        await self.write(self.store.save_image, found.path, sha, found.size, found.mtime)
+        if outcome == DONE:
+            self.ledger.already_done()
+        else:
+            self.ledger.skipped(found.path, "being captioned by another captioner process")
+            self.progress({"advance": 1})
 
     async def _caption_new(self, found: Found, data: bytes, sha: str, sender: Sender,
                            executor: ThreadPoolExecutor) -> None:
@@ -216,11 +286,12 @@ class Runner:
         try:
             prepared = await loop.run_in_executor(executor, prepare_image, data, self.max_side)
         except ImageError as exc:
-            image_id = self.store.save_image(found.path, sha, found.size, found.mtime)
-            self.ledger.record(image_id, found.path, failed(str(exc)), None)
+            image_id = await self.write(self.store.save_image, found.path, sha, found.size, found.mtime)
+            await self.ledger.record(image_id, found.path, failed(str(exc)), None)
             return
         del data
-        image_id = self.store.save_image(found.path, sha, found.size, found.mtime, prepared)
+        image_id = await self.write(self.store.save_image, found.path, sha, found.size, found.mtime, prepared)
+        self.ledger.know_file(image_id, PhotoFile(found.path, sha, found.size, found.mtime))
         if self.control.stopping:
             self.ledger.not_sent()
             return
@@ -239,11 +310,11 @@ class Runner:
         # (untrusted usage, a timeout after sending), the whole reservation.
         spent: float | None = 0.0
         if isinstance(outcome, Answer):
-            spent = self.ledger.record(image_id, found.path, outcome.result, outcome.duration_ms, estimated)
+            spent = await self.ledger.record(image_id, found.path, outcome.result, outcome.duration_ms, estimated)
             if spent is None:
                 spent = reserved
         elif isinstance(outcome, NoAnswer):
-            self.ledger.record_no_answer(image_id, found.path, outcome.error, estimated)
+            await self.ledger.record_no_answer(image_id, found.path, outcome.error, estimated)
             spent = reserved if outcome.maybe_billed else 0.0
         elif isinstance(outcome, NotSent):
             self.ledger.not_sent()

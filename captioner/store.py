@@ -13,10 +13,13 @@ import json
 import os
 import random
 import sqlite3
+import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
@@ -38,6 +41,10 @@ UNPRICED = "(c.cost_usd IS NULL AND (c.input_tokens IS NOT NULL OR c.status != '
 
 class StoreError(Exception):
     """The database cannot be opened or is not a captioner database."""
+
+
+class WriteFailed(Exception):
+    """A write the database refused (disk full, locked too long, read-only, I/O error)."""
 
 
 def utcnow() -> str:
@@ -169,27 +176,59 @@ class DoneIndex:
         return known is not None and known[0] == size and abs(known[1] - mtime) < 1e-6
 
 
+def readonly_uri(path: str) -> str:
+    """A URI that opens `path` for reading only, whatever characters its name
+    has (`#`, `?`, `%`), without creating any file. With no `-wal` file beside
+    it no process is writing, so it is opened immutable: that needs no `-shm`
+    file and works in a read-only folder too."""
+    absolute = os.path.abspath(path)
+    quoted = urllib.parse.quote(absolute)
+    immutable = not os.path.exists(absolute + "-wal")
+    return f"file:{quoted}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def recovery_paths(db_path: str) -> tuple[Path, Path]:
+    """Where answers the database could not take are kept: beside it, or in
+    the temp folder when that disk is full."""
+    beside = Path(os.path.abspath(db_path) + ".recovery.jsonl")
+    return beside, Path(tempfile.gettempdir()) / ("captioner-" + beside.name.lstrip("."))
+
+
 class Store:
     def __init__(self, path: str, *, readonly: bool = False) -> None:
         self.path = path
         try:
             if readonly:
                 if not os.path.exists(path):
-                    raise StoreError(f"no database at {path}")
-                uri = "file:" + os.path.abspath(path) + "?mode=ro"
-                conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+                    raise StoreError(f"no database at {os.path.abspath(path)} (give one with --db FILE)")
+                conn = sqlite3.connect(readonly_uri(path), uri=True, isolation_level=None)
                 conn.execute("PRAGMA query_only = 1")
             else:
-                conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                # The run's writes happen on one writer thread (see pipeline.Writer).
+                conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                       check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.conn = conn
             self.db = sqlite_utils.Database(conn)
+            self._check_kind()
             if not readonly:
                 _retry_while_locked(self._set_up)
-            elif not self.db["captions"].exists():
-                raise StoreError(f"{path} is not a captioner database")
+                self._replay_recovery()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
+
+    def _check_kind(self) -> None:
+        """Refuse another application's SQLite file, and a database from a newer captioner."""
+        tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return  # a new, empty database
+        if "_migrations" not in tables or "captions" not in tables:
+            raise StoreError(f"{self.path} is not a captioner database (it holds other tables); "
+                             "give another file with --db")
+        newest = self.conn.execute("SELECT max(id) FROM _migrations").fetchone()[0] or 0
+        if newest > len(MIGRATIONS):
+            raise StoreError(f"{self.path} was written by a newer captioner (schema {newest}, this one knows "
+                             f"{len(MIGRATIONS)}); upgrade captioner to use it")
 
     def close(self) -> None:
         self.conn.close()
@@ -400,6 +439,43 @@ class Store:
             if pid and _pid_alive(pid) and pid != os.getpid():
                 continue
             self.finish_run(run_id, "killed", self.run_totals(run_id)["captions"])
+
+    # -- recovery: answers the database could not take -------------------
+
+    def keep_for_recovery(self, record: dict[str, Any]) -> Path | None:
+        """Append one unstored record (a caption, or how a run ended) to a
+        recovery file. Returns where it went, or None if no disk would take it."""
+        line = json.dumps(record, default=str) + "\n"
+        for target in recovery_paths(self.path):
+            try:
+                with open(target, "a", encoding="utf-8") as fh:
+                    fh.write(line)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                return target
+            except OSError:
+                continue
+        return None
+
+    def _replay_recovery(self) -> None:
+        """Store what an earlier run kept in a recovery file, then remove the file."""
+        for source in recovery_paths(self.path):
+            try:
+                lines = source.read_text(encoding="utf-8").splitlines()
+            except OSError:
+                continue  # none there
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by the full disk
+                if record.get("kind") == "caption":
+                    image_id = self.save_image(record["path"], record["sha256"], record["size"], record["mtime"])
+                    self.save_caption(image_id=image_id, result=CaptionResult(**record["result"]),
+                                      **record["caption"])
+                elif record.get("kind") == "run_end":
+                    self.finish_run(record["run_id"], record["status"], record["images_total"])
+            source.unlink()
 
     # -- queries for reports ---------------------------------------------
 

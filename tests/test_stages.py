@@ -169,8 +169,8 @@ def statuses(db):
 
 def test_ledger_records_and_prices_an_answer_at_once(store, db):
     ledger, ids = ledger_for(store, RunControl("gpt-4.1-nano"))
-    cost = ledger.record(ids[0], "/photos/0.jpg", CaptionResult(text="A cat.", input_tokens=1000, output_tokens=100),
-                         250, estimated=990)
+    answer = CaptionResult(text="A cat.", input_tokens=1000, output_tokens=100)
+    cost = asyncio.run(ledger.record(ids[0], "/photos/0.jpg", answer, 250, estimated=990))
     assert cost == pytest.approx(1000 * 0.10e-6 + 100 * 0.40e-6)
     assert statuses(db) == [OK]
     assert ledger.summary.ok == 1 and ledger.summary.cost_usd == pytest.approx(cost)
@@ -178,9 +178,10 @@ def test_ledger_records_and_prices_an_answer_at_once(store, db):
 
 def test_ledger_holds_early_failures_and_records_them_after_an_answer(store, db):
     ledger, ids = ledger_for(store, RunControl("gpt-4.1-nano"))
-    ledger.record_no_answer(ids[0], "/photos/0.jpg", "timed out", 900)
+    asyncio.run(ledger.record_no_answer(ids[0], "/photos/0.jpg", "timed out", 900))
     assert statuses(db) == []  # held: the run may be at fault
-    ledger.record(ids[1], "/photos/1.jpg", CaptionResult(text="A dog.", input_tokens=10, output_tokens=2), 100)
+    answer = CaptionResult(text="A dog.", input_tokens=10, output_tokens=2)
+    asyncio.run(ledger.record(ids[1], "/photos/1.jpg", answer, 100))
     assert statuses(db) == [OK, FAILED]
 
 
@@ -188,9 +189,9 @@ def test_ledger_drops_held_failures_when_the_run_was_at_fault(store, db):
     control = RunControl("gpt-4.1-nano")
     ledger, ids = ledger_for(store, control)
     for n in range(EARLY_FAILURE_LIMIT):
-        ledger.record_no_answer(ids[n], f"/photos/{n}.jpg", "connection refused", None)
+        asyncio.run(ledger.record_no_answer(ids[n], f"/photos/{n}.jpg", "connection refused", None))
     assert control.run_at_fault
-    ledger.close()
+    asyncio.run(ledger.close())
     assert statuses(db) == []  # fixing the URL and running again tries them all
 
 
