@@ -18,6 +18,7 @@ from .compare import compare as compare_models
 from .compare import render_page
 from .config import ConfigError
 from .options import OptionError
+from .scan import DEFAULT_MAX_FILE_BYTES
 from .pipeline import DEFAULT_PROMPT, RunSettings, caption_paths
 from .plugins import UnknownModel, discovered_models, get_model, listed_models
 from .search import MARK_END, MARK_START, QueryError, run_sql
@@ -134,6 +135,9 @@ recipe_options = stack(
 selection_options = stack(
     click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (repeatable)"),
     click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching (repeatable)"),
+    click.option("--max-file-size", "max_file_mb", type=click.IntRange(1, 1_000_000),
+                 default=DEFAULT_MAX_FILE_BYTES // 2**20, show_default=True, metavar="MB",
+                 help="Skip files larger than this (never read into memory)"),
 )
 max_side_option = click.option("--max-side", type=click.IntRange(64, 8192), metavar="PX",
                                help="Long side of the image sent [default: the model's, usually 1024]")
@@ -169,7 +173,7 @@ def cli() -> None:
 @click.option("--backoff", type=click.FloatRange(min=0), default=1.0, hidden=True)
 @json_option("the summary")
 def caption(paths, model_name, prompt, system, options, db, key, concurrency, max_cost, limit,
-            max_side, include, exclude, force, retry_failed, retries, timeout, rpm, backoff, as_json):
+            max_side, include, exclude, max_file_mb, force, retry_failed, retries, timeout, rpm, backoff, as_json):
     """Caption every photo under PATHS and store the results.
 
     \b
@@ -190,7 +194,7 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
         prompt=prompt, system=system, options=options, key=keys[model.model_id], max_side=max_side,
         concurrency=concurrency, limit=limit, force=force, retry_failed=retry_failed,
         max_cost=max_cost, retries=retries, timeout=timeout, backoff_base=backoff, rpm=rpm,
-        include=include, exclude=exclude,
+        include=include, exclude=exclude, max_file_bytes=max_file_mb * 2**20,
     )
     store = open_store(db or config.default_db())
     try:
@@ -366,7 +370,8 @@ def keys_path():
 @max_side_option
 @selection_options
 @json_option("the estimates")
-def estimate(paths, model_names, prompt, system, options, output_tokens, max_side, include, exclude, as_json):
+def estimate(paths, model_names, prompt, system, options, output_tokens, max_side, include, exclude, max_file_mb,
+             as_json):
     """Predict the cost of captioning PATHS, offline (reads image headers only).
 
     \b
@@ -380,7 +385,7 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
     try:
         results = estimating.estimate(paths, models, prompt=prompt, system=system, options=options,
                                       output_tokens=output_tokens, max_side=max_side, include=include,
-                                      exclude=exclude)
+                                      exclude=exclude, max_bytes=max_file_mb * 2**20)
     except ConfigError as exc:
         raise ConfigFailure(str(exc)) from exc
     rows = [r.to_dict() for r in results]
@@ -404,7 +409,7 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
               help="Write a page with thumbnails and the captions side by side")
 @json_option("the comparison")
 def compare(paths, model_names, prompt, system, options, sample_size, db, concurrency, include, exclude,
-            html_file, as_json):
+            max_file_mb, html_file, as_json):
     """Caption the same sample of photos with several models and compare cost and words.
 
     \b
@@ -416,8 +421,8 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
         raise ConfigFailure("compare needs at least two different models (-m A -m B)")
     models, keys = _models_and_keys(model_names, need_keys=True)
     settings = RunSettings(prompt=prompt, system=system, options=check_options(models, options),
-                           concurrency=concurrency,
-                           include=include, exclude=exclude)
+                           concurrency=concurrency, include=include, exclude=exclude,
+                           max_file_bytes=max_file_mb * 2**20)
     store = open_store(db or config.default_db())
     try:
         result, summaries = compare_models(paths, models, keys, store, settings, sample_size,

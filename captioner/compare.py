@@ -14,17 +14,17 @@ from .gallery import GalleryItem, render
 from .models import Model
 from .pipeline import RunSettings, caption_paths
 from .report import RunSummary
-from .scan import Found, scan
+from .scan import DEFAULT_MAX_FILE_BYTES, Found, scan
 from .store import PHOTO_CAPTIONS_JOIN, Store
 
 COLUMNS = ["model", "ok", "failed", "mean_input_tokens", "mean_output_tokens", "usd_per_image",
            "usd_per_1000", "projected_usd_all_photos", "median_latency_ms"]
 
 
-def sample(roots: Sequence[str], n: int, include: Sequence[str] = (), exclude: Sequence[str] = ()
-           ) -> tuple[list[str], int]:
+def sample(roots: Sequence[str], n: int, include: Sequence[str] = (), exclude: Sequence[str] = (),
+           max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[list[str], int]:
     """N photos chosen by a hash of their path (the same N every time), and how many there are in all."""
-    found = [item.path for item in scan(roots, include, exclude) if isinstance(item, Found)]
+    found = [item.path for item in scan(roots, include, exclude, max_bytes=max_bytes) if isinstance(item, Found)]
     chosen = sorted(found, key=lambda p: hashlib.sha256(p.encode("utf-8")).hexdigest())[:n]
     return sorted(chosen), len(found)
 
@@ -83,7 +83,7 @@ def compare(
     n: int,
     progress_factory: Callable[[int], Callable[[dict[str, Any]], None]] | None = None,
 ) -> tuple[Comparison, list[RunSummary]]:
-    paths, total = sample(roots, n, settings.include, settings.exclude)
+    paths, total = sample(roots, n, settings.include, settings.exclude, settings.max_file_bytes)
     summaries = []
     for model in models:
         # Captions already in the database are reused; only missing ones are sent.

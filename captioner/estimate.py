@@ -16,7 +16,7 @@ from typing import Any
 from . import pricing
 from .media import ImageError, header_facts, sent_size
 from .models import Model
-from .scan import Found, scan
+from .scan import DEFAULT_MAX_FILE_BYTES, Found, scan
 
 DEFAULT_OUTPUT_TOKENS = 100
 
@@ -76,9 +76,10 @@ def estimate(
     max_side: int | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> list[ModelEstimate]:
     options = options or {}
-    found = [item for item in scan(roots, include, exclude) if isinstance(item, Found)]
+    found = [item for item in scan(roots, include, exclude, max_bytes=max_bytes) if isinstance(item, Found)]
     headers = image_headers(found)
     user_prices = pricing.load_user_prices()
     results = []

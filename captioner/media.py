@@ -9,6 +9,7 @@ Runs in worker threads: Pillow releases the GIL while decoding and resizing.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import math
@@ -57,14 +58,17 @@ class PreparedImage:
     exif: ExifFacts
 
 
-def read_file(path: str) -> tuple[bytes, str]:
-    """The file's bytes and their sha256 (hex)."""
+def read_file(path: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+    """The file's bytes and their sha256 (hex). A file that has grown past
+    `max_bytes` since it was scanned is an OSError, not a memory blow-up."""
     digest = hashlib.sha256()
     buf = bytearray()
     with open(path, "rb") as fh:
         while chunk := fh.read(READ_CHUNK):
             digest.update(chunk)
             buf += chunk
+            if max_bytes is not None and len(buf) > max_bytes:
+                raise OSError(errno.EFBIG, "file is larger than the size limit (--max-file-size)")
     return bytes(buf), digest.hexdigest()
 
 
@@ -199,6 +203,10 @@ def _draft_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
 
 
 def _orientation(im: Image.Image) -> int:
+    if im.format == "PNG" and "exif" not in im.info:
+        # Pillow decodes the whole PNG looking for an eXIf chunk after the
+        # pixels; orientation there is rare, and "headers only" must stay so.
+        return 1
     try:
         value = im.getexif().get(0x0112, 1)
     except Exception:

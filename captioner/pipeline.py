@@ -36,7 +36,7 @@ from .media import ImageError, prepare_image, read_file
 from .models import CaptionRequest, Model
 from .plan import Plan, make_plan
 from .report import RunSummary
-from .scan import Found
+from .scan import DEFAULT_MAX_FILE_BYTES, Found
 from .send import AdaptiveLimit, Answer, NoAnswer, NotSent, RateCap, RetryPolicy, Sender
 from .store import CLAIMED, DONE, Store, WriteFailed
 
@@ -100,6 +100,7 @@ class RunSettings:
     rpm: float | None = None
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     prepare_threads: int = max(2, os.cpu_count() or 2)
 
     def retry_policy(self) -> RetryPolicy:
@@ -125,7 +126,8 @@ class Runner:
     def plan(self, roots: Sequence[str]) -> Plan:
         s = self.settings
         return make_plan(self.store, roots, self.model.model_id, s.prompt, force=s.force,
-                         retry_failed=s.retry_failed, include=s.include, exclude=s.exclude, limit=s.limit)
+                         retry_failed=s.retry_failed, include=s.include, exclude=s.exclude, limit=s.limit,
+                         max_bytes=s.max_file_bytes)
 
     def run(self, plan: Plan) -> RunSummary:
         """Open the run's row, caption the plan, and close the row with the true status."""
@@ -237,7 +239,7 @@ class Runner:
         s, model_id = self.settings, self.model.model_id
         loop = asyncio.get_running_loop()
         try:
-            data, sha = await loop.run_in_executor(executor, read_file, found.path)
+            data, sha = await loop.run_in_executor(executor, read_file, found.path, s.max_file_bytes)
         except OSError as exc:
             self.ledger.skipped(found.path, f"cannot read: {exc.strerror or exc}")
             return

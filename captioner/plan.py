@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .scan import Found, Skipped, scan
+from .scan import DEFAULT_MAX_FILE_BYTES, DONE, Found, Skipped, scan
 from .store import DoneIndex, Store
 
 
@@ -32,13 +32,14 @@ def make_plan(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     limit: int | None = None,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> Plan:
     """Scan the roots against what the database already has for this model and prompt."""
     done = None if force else store.done_index(model_id, prompt, retry_failed=retry_failed)
     plan = Plan(done=done)
-    for item in scan(roots, include, exclude, done.path_done if done else None):
+    for item in scan(roots, include, exclude, done.path_done if done else None, max_bytes):
         if isinstance(item, Skipped):
-            if item.reason == "done":
+            if item.reason == DONE:
                 plan.skipped_done += 1
             else:
                 plan.skipped.append((item.path, item.reason))

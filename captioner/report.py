@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import config, pricing
 from .models import Model
+from .scan import EMPTY, NOT_IMAGE
 from .store import UNPRICED, Store
 
 
@@ -75,11 +77,10 @@ def money(value: float | None) -> str:
 def summary_lines(summary: RunSummary) -> list[str]:
     """The end-of-run report, one fact per line."""
     d = summary.to_dict()
-    other_skips = len(summary.skipped)
     lines = [
         f"{summary.model}: {summary.ok} ok, {summary.failed} failed, {summary.refused} refused/blocked, "
         f"{summary.skipped_done} skipped (already done)"
-        + (f", {other_skips} skipped (not images)" if other_skips else "")
+        + "".join(f", {count} skipped ({reason})" for reason, count in skip_reasons(summary.skipped))
         + (f", {summary.not_sent} not sent" if summary.not_sent else ""),
         f"tokens: {summary.input_tokens:,} input, {summary.output_tokens:,} output",
         f"cost: {money(summary.cost_usd)} ({money(d['cost_per_1000_images'])} per 1,000 images)"
@@ -92,6 +93,16 @@ def summary_lines(summary: RunSummary) -> list[str]:
     if summary.message:
         lines.append(summary.message)
     return lines
+
+
+def skip_reasons(skipped: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    """How many files were passed over for each reason, most common first
+    ("not an image" and "empty file" count together as "not images")."""
+    counts: Counter[str] = Counter()
+    for _, reason in skipped:
+        kind = reason.split(":", 1)[0]
+        counts["not images" if kind in (NOT_IMAGE, EMPTY) else kind] += 1
+    return counts.most_common()
 
 
 def cost_rows(store: Store, by: str) -> list[dict[str, Any]]:

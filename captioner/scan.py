@@ -4,17 +4,25 @@ Files are recognised by their first bytes, never by extension: a JPEG with no
 extension is a photo, a text file called `x.jpg` is not. Hidden files and
 folders (`.*`, including macOS `._*` AppleDouble files) are skipped. Folder
 symlinks are followed, but each real folder is visited once, so a link cycle
-cannot loop. The order is deterministic (sorted names, depth first).
+cannot loop, and a link that leads outside the roots is reported, not
+followed. Only regular files are opened (a FIFO called `b.jpg` would block
+for ever), and only up to a size cap. Every file passed over comes back as
+`Skipped` with its true reason. The order is deterministic (sorted names,
+depth first).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+# Far above any real photo (a 200-megapixel HEIC is about 100 MB); `--max-file-size` changes it.
+DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
+NOT_IMAGE, EMPTY, DONE = "not an image", "empty file", "done"
 HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
 
 
@@ -57,8 +65,15 @@ def _matches(rel: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def _walk(root: Path, seen_dirs: set[tuple[int, int]]) -> Iterator[os.DirEntry | Path]:
-    """Sorted depth-first walk yielding file entries; each real directory once."""
+def _inside(path: str, real_roots: tuple[str, ...]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in real_roots)
+
+
+def _walk(root: Path, seen_dirs: set[tuple[int, int]], real_roots: tuple[str, ...]
+          ) -> Iterator[os.DirEntry | Skipped]:
+    """Sorted depth-first walk yielding file entries (and folders it could not
+    read); each real directory once."""
     try:
         st = root.stat()
     except OSError:
@@ -70,17 +85,21 @@ def _walk(root: Path, seen_dirs: set[tuple[int, int]]) -> Iterator[os.DirEntry |
     try:
         with os.scandir(root) as it:
             entries = sorted(it, key=lambda e: e.name)
-    except OSError:
+    except OSError as exc:
+        yield Skipped(os.path.abspath(root), f"cannot read folder: {exc.strerror or exc}")
         return
     for entry in entries:
         if entry.name.startswith("."):
+            continue
+        if entry.is_symlink() and not _inside(entry.path, real_roots):
+            yield Skipped(os.path.abspath(entry.path), "link to outside the folders given (not followed)")
             continue
         try:
             is_dir = entry.is_dir(follow_symlinks=True)
         except OSError:
             is_dir = False
         if is_dir:
-            yield from _walk(Path(entry.path), seen_dirs)
+            yield from _walk(Path(entry.path), seen_dirs, real_roots)
         else:
             yield entry
 
@@ -90,6 +109,7 @@ def scan(
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
     is_done: Callable[[str, int, float], bool] | None = None,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> Iterator[Found | Skipped]:
     """Yield every candidate photo under `roots` as `Found`, and everything
     passed over for a reason the user may want to know as `Skipped`.
@@ -98,17 +118,21 @@ def scan(
     such files are skipped before their bytes are read.
     """
     include, exclude = tuple(include), tuple(exclude)
+    root_paths = [Path(root) for root in roots]
+    real_roots = tuple(os.path.realpath(root) for root in root_paths)
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[str] = set()
-    for root in roots:
-        root = Path(root)
-        if root.is_file():
-            entries: Iterable = [root]
-            base = root.parent
-        else:
-            entries = _walk(root, seen_dirs)
+    for root in root_paths:
+        if root.is_dir():
+            entries: Iterable[os.DirEntry | Path | Skipped] = _walk(root, seen_dirs, real_roots)
             base = root
+        else:
+            entries = [root]
+            base = root.parent
         for entry in entries:
+            if isinstance(entry, Skipped):
+                yield entry
+                continue
             path = os.path.abspath(entry.path if isinstance(entry, os.DirEntry) else entry)
             if path in seen_files:
                 continue
@@ -118,10 +142,11 @@ def scan(
                 continue
             if exclude and _matches(rel, exclude):
                 continue
-            yield from _check(path, is_done)
+            yield from _check(path, is_done, max_bytes)
 
 
-def _check(path: str, is_done: Callable[[str, int, float], bool] | None) -> Iterator[Found | Skipped]:
+def _check(path: str, is_done: Callable[[str, int, float], bool] | None, max_bytes: int
+           ) -> Iterator[Found | Skipped]:
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
@@ -132,8 +157,14 @@ def _check(path: str, is_done: Callable[[str, int, float], bool] | None) -> Iter
     except OSError as exc:
         yield Skipped(path, f"cannot read: {exc.strerror or exc}")
         return
+    if not stat.S_ISREG(st.st_mode):
+        yield Skipped(path, "not a regular file")
+        return
     if is_done is not None and is_done(path, st.st_size, st.st_mtime):
-        yield Skipped(path, "done")
+        yield Skipped(path, DONE)
+        return
+    if st.st_size > max_bytes:
+        yield Skipped(path, f"larger than the {max_bytes / 2**20:,.0f} MB limit (--max-file-size)")
         return
     try:
         with open(path, "rb") as fh:
@@ -142,6 +173,6 @@ def _check(path: str, is_done: Callable[[str, int, float], bool] | None) -> Iter
         yield Skipped(path, f"cannot read: {exc.strerror or exc}")
         return
     if sniff_format(head) is None:
-        yield Skipped(path, "not an image" if head else "empty file")
+        yield Skipped(path, NOT_IMAGE if head else EMPTY)
         return
     yield Found(path, st.st_size, st.st_mtime)

@@ -28,6 +28,9 @@ from .media import PreparedImage
 from .models import CaptionResult
 
 BUSY_TIMEOUT_MS = 60_000
+# A claim older than this is stale whatever its pid says (a request with every
+# retry and backoff takes minutes, not an hour).
+CLAIM_TTL_SECONDS = 3600
 FINAL_STATUSES = ("ok", "refused", "blocked")
 
 # The one definition of "the captions of a photo": through its content hash,
@@ -313,9 +316,10 @@ class Store:
             ).fetchone():
                 return DONE
             holder = conn.execute(
-                "SELECT pid FROM claims WHERE sha256 = ? AND model = ? AND prompt = ?", (sha256, model, prompt)
+                "SELECT pid, claimed_at FROM claims WHERE sha256 = ? AND model = ? AND prompt = ?",
+                (sha256, model, prompt),
             ).fetchone()
-            if holder and holder[0] != os.getpid() and _pid_alive(holder[0]):
+            if holder and holder[0] != os.getpid() and _pid_alive(holder[0]) and not _expired(holder[1]):
                 return BUSY
             conn.execute(
                 "INSERT OR REPLACE INTO claims (sha256, model, prompt, pid, claimed_at) VALUES (?, ?, ?, ?, ?)",
@@ -494,11 +498,27 @@ def _retry_while_locked(action, seconds: float = BUSY_TIMEOUT_MS / 1000) -> None
             time.sleep(0.05 + random.random() * 0.1)
 
 
+def _expired(claimed_at: str) -> bool:
+    """A claim older than any request can take: its process died and the pid
+    was reused, or it hangs. Either way the photo is free again."""
+    try:
+        age = datetime.now(timezone.utc) - datetime.fromisoformat(claimed_at)
+    except (TypeError, ValueError):
+        return True
+    return age.total_seconds() > CLAIM_TTL_SECONDS
+
+
 def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
