@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
+import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -13,17 +16,19 @@ import click
 from . import config, pricing, report
 from . import estimate as estimating
 from . import export as exporting
+from .answers import MAX_OUTPUT_TOKENS
 from .compare import COLUMNS as COMPARE_COLUMNS
 from .compare import compare as compare_models
 from .compare import render_page
 from .config import ConfigError
 from .options import OptionError
-from .scan import DEFAULT_MAX_FILE_BYTES
 from .pipeline import DEFAULT_PROMPT, RunSettings, caption_paths
 from .plugins import UnknownModel, discovered_models, get_model, listed_models
-from .search import MARK_END, MARK_START, QueryError, run_sql
+from .scan import DEFAULT_MAX_FILE_BYTES
+from .search import MARK_END, MARK_START, Interrupted, QueryError, interruptible, run_sql
 from .search import search as search_captions
 from .store import Store, StoreError
+from .text import for_csv, for_terminal
 
 EXIT_SOME_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -43,14 +48,21 @@ def open_store(db: str, readonly: bool = False) -> Store:
 
 
 def resolve_model(name: str):
+    """The model for a name as typed: surrounding spaces ignored (so `'gpt-4.1-nano '` is not a
+    second model paid again), and an empty name or one with control characters refused."""
+    cleaned = name.strip()
+    if not cleaned:
+        raise ConfigFailure("-m needs a model name (see `captioner models`)")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in cleaned):
+        raise ConfigFailure(f"model name {for_terminal(cleaned)!r} contains control characters")
     try:
-        return get_model(name)
+        return get_model(cleaned)
     except UnknownModel as exc:
-        raise ConfigFailure(str(exc)) from exc
+        raise ConfigFailure(for_terminal(str(exc))) from exc
 
 
 def _models_and_keys(names: tuple[str, ...], key: str | None = None, need_keys: bool = False):
-    models = [resolve_model(n) for n in (names or (config.get_default_model(),))]
+    models = [resolve_model(n) for n in (names if names else (config.get_default_model(),))]
     keys = {}
     try:
         for model in models:
@@ -71,6 +83,27 @@ def check_options(models, options: tuple[tuple[str, str], ...]) -> dict[str, str
     except OptionError as exc:
         raise ConfigFailure(str(exc)) from exc
     return given
+
+
+def check_output_file(path: str, option: str) -> None:
+    """A file we are about to write: its folder must exist and it must not be a folder."""
+    if os.path.isdir(path):
+        raise ConfigFailure(f"{option} {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigFailure(f"{option} {path}: no such folder {folder}")
+    if not os.access(folder, os.W_OK) and not os.access(path, os.W_OK):
+        raise ConfigFailure(f"{option} {path}: cannot write in {folder}")
+
+
+def check_output_folder(path: str, option: str) -> None:
+    """A folder sidecars go into: made if missing; a file there is an error."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigFailure(f"{option} {path} is not a folder (sidecars need one)")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigFailure(f"{option} {path}: cannot make the folder ({exc.strerror or exc})") from exc
 
 
 def _check_paths(paths) -> None:
@@ -99,7 +132,35 @@ def _display(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    return for_terminal(str(value))
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in range that is also a number: `nan` and `inf` are refused."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+MAX_PROMPT_CHARS = 20_000
+
+
+def utf8_text(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Text options and arguments must be valid UTF-8 (a Latin-1 byte from the
+    shell arrives as a lone surrogate) and of a sane length."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise click.BadParameter("is not valid UTF-8 text (check the terminal's encoding)") from None
+    if param.name in ("prompt", "system") and len(value) > MAX_PROMPT_CHARS:
+        raise click.BadParameter(f"is {len(value):,} characters; at most {MAX_PROMPT_CHARS:,} are allowed "
+                                 "(it is sent and stored with every photo)")
+    return value
 
 
 def db_option(fn: Callable) -> Callable:
@@ -127,8 +188,8 @@ def stack(*decorators: Callable[[Callable], Callable]) -> Callable[[Callable], C
 # The recipe options caption, estimate and compare share.
 recipe_options = stack(
     click.option("-p", "--prompt", default=DEFAULT_PROMPT, show_default="a short factual description",
-                 help="What to ask about each photo"),
-    click.option("-s", "--system", help="System prompt"),
+                 callback=utf8_text, help="What to ask about each photo"),
+    click.option("-s", "--system", callback=utf8_text, help="System prompt"),
     click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
                  help="Model option, e.g. -o detail low, -o max_tokens 200 (see `captioner models --options`)"),
 )
@@ -158,19 +219,19 @@ def cli() -> None:
 @db_option
 @click.option("--key", help="API key (overrides the keys file and env vars)")
 @concurrency_option
-@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), metavar="USD",
+@click.option("--max-cost", type=FiniteFloat(min=0, min_open=True), metavar="USD",
               help="Stop before spending more than this")
-@click.option("--limit", type=click.IntRange(min=0), help="Caption at most N new images")
+@click.option("--limit", type=click.IntRange(0, 10**9), help="Caption at most N new images")
 @max_side_option
 @selection_options
 @click.option("--force", is_flag=True, help="Caption again even if already captioned")
 @click.option("--retry-failed", is_flag=True, help="Try images that failed before again")
 @click.option("--retries", type=click.IntRange(0, 20), default=4, show_default=True,
               help="Tries after the first for rate limits, overloads, 5xx and timeouts")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+@click.option("--timeout", type=FiniteFloat(0.1, 3600), default=120.0, show_default=True,
               help="Seconds to wait for one response")
-@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="At most this many requests per minute")
-@click.option("--backoff", type=click.FloatRange(min=0), default=1.0, hidden=True)
+@click.option("--rpm", type=FiniteFloat(0.1, 1_000_000), help="At most this many requests per minute")
+@click.option("--backoff", type=FiniteFloat(0, 60), default=1.0, hidden=True)
 @json_option("the summary")
 def caption(paths, model_name, prompt, system, options, db, key, concurrency, max_cost, limit,
             max_side, include, exclude, max_file_mb, force, retry_failed, retries, timeout, rpm, backoff, as_json):
@@ -182,7 +243,7 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
       captioner caption ~/Pictures -m gpt-4.1-nano --max-cost 2.50
     """
     _check_paths(paths)
-    (model,), keys = _models_and_keys((model_name,) if model_name else (), key, need_keys=True)
+    (model,), keys = _models_and_keys((model_name,) if model_name is not None else (), key, need_keys=True)
     options = check_options([model], options)
     try:
         unpriced = max_cost is not None and not pricing.price_request(model, 1000, 100).known
@@ -206,7 +267,7 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
         print_json(summary.to_dict())
     elif not stopped_before_anything:
         for line in report.summary_lines(summary):
-            click.echo(line)
+            click.echo(for_terminal(line))
     if summary.status == "interrupted":
         sys.exit(EXIT_INTERRUPTED)
     if summary.status == "failed":
@@ -365,7 +426,7 @@ def keys_path():
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-m", "--model", "model_names", multiple=True, help="Model id (repeatable)")
 @recipe_options
-@click.option("--output-tokens", type=click.IntRange(0), default=estimating.DEFAULT_OUTPUT_TOKENS,
+@click.option("--output-tokens", type=click.IntRange(0, MAX_OUTPUT_TOKENS), default=estimating.DEFAULT_OUTPUT_TOKENS,
               show_default=True, help="Assumed length of each caption")
 @max_side_option
 @selection_options
@@ -400,7 +461,7 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-m", "--model", "model_names", multiple=True, required=True, help="Model id (at least two)")
 @recipe_options
-@click.option("--sample", "sample_size", type=click.IntRange(1), default=20, show_default=True,
+@click.option("--sample", "sample_size", type=click.IntRange(1, 100_000), default=20, show_default=True,
               help="How many photos to compare on (always the same ones for a folder)")
 @db_option
 @concurrency_option
@@ -417,8 +478,10 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
       captioner compare ~/Pictures -m gemini-2.5-flash-lite -m gpt-4.1-nano --html compare.html
     """
     _check_paths(paths)
-    if len(set(model_names)) < 2:
+    if len({name.strip() for name in model_names}) < 2:
         raise ConfigFailure("compare needs at least two different models (-m A -m B)")
+    if html_file:
+        check_output_file(html_file, "--html")  # before paying for any caption
     models, keys = _models_and_keys(model_names, need_keys=True)
     settings = RunSettings(prompt=prompt, system=system, options=check_options(models, options),
                            concurrency=concurrency, include=include, exclude=exclude,
@@ -462,6 +525,10 @@ def export(db, fmt, model_name, out, sidecar_name):
       captioner export --format xmp
       captioner export --format csv --out captions.csv
     """
+    if out and fmt in ("xmp", "txt"):
+        check_output_folder(out, "--out")
+    elif out:
+        check_output_file(out, "--out")
     store = open_store(db or config.default_db(), readonly=True)
     try:
         if fmt == "html":
@@ -475,7 +542,7 @@ def export(db, fmt, model_name, out, sidecar_name):
         report = (exporting.write_xmp(rows, out, sidecar_name == "replace") if fmt == "xmp"
                   else exporting.write_txt(rows, out))
         for path, reason in report.skipped:
-            click.echo(f"skipped {path}: {reason}", err=True)
+            click.echo(for_terminal(f"skipped {path}: {reason}"), err=True)
         click.echo(f"{len(report.written)} written, {len(report.merged)} updated, {len(report.skipped)} skipped")
         if report.skipped:
             sys.exit(EXIT_SOME_FAILED)
@@ -491,12 +558,13 @@ def export(db, fmt, model_name, out, sidecar_name):
 
 
 @cli.command()
-@click.argument("query")
+@click.argument("query", callback=utf8_text)
 @db_option
 @click.option("-m", "--model", "model_name", help="Only captions by this model")
 @click.option("--since", metavar="DATE", help="Taken on or after (YYYY-MM-DD)")
 @click.option("--until", metavar="DATE", help="Taken on or before (YYYY-MM-DD)")
-@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="Show at most N matches")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True,
+              help="Show at most N matches")
 @json_option("the matches")
 def search(query, db, model_name, since, until, limit, as_json):
     """Find photos by words in their captions (full-text, "butterflies" finds "butterfly").
@@ -508,9 +576,13 @@ def search(query, db, model_name, since, until, limit, as_json):
     """
     store = open_store(db or config.default_db(), readonly=True)
     try:
-        results = search_captions(store, query, model=model_name, since=since, until=until, limit=limit)
+        with interruptible(store):
+            results = search_captions(store, query, model=model_name, since=since, until=until, limit=limit)
     except QueryError as exc:
-        raise ConfigFailure(str(exc)) from exc
+        raise ConfigFailure(for_terminal(str(exc))) from exc
+    except Interrupted:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     finally:
         store.close()
     if as_json:
@@ -523,16 +595,16 @@ def search(query, db, model_name, since, until, limit, as_json):
     for row in results:
         snippet = row["snippet"]
         highlighted = "".join(
-            click.style(part, bold=True) if i % 2 else part
+            click.style(for_terminal(part), bold=True) if i % 2 else for_terminal(part)
             for i, part in enumerate(snippet.replace(MARK_END, MARK_START).split(MARK_START))
         )
-        taken = (row["taken_at"] or "date unknown")[:10]
-        click.echo(f"{row['path']}  ({row['model']}, {taken})")
+        taken = row["taken_at"][:10] if row["taken_at"] else "date unknown"
+        click.echo(for_terminal(f"{row['path']}  ({row['model']}, {taken})"))
         click.echo(f"    {highlighted}")
 
 
 @cli.command()
-@click.argument("query")
+@click.argument("query", callback=utf8_text)
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Rows as a JSON list of objects")
 @click.option("--csv", "as_csv", is_flag=True, help="Rows as CSV")
@@ -545,18 +617,37 @@ def sql(query, db, as_json, as_csv):
     """
     store = open_store(db or config.default_db(), readonly=True)
     try:
-        columns, records = run_sql(store, query)
+        with interruptible(store):
+            columns, records = run_sql(store, query)
+            print_rows(columns, records, "json" if as_json else "csv" if as_csv else "table")
     except QueryError as exc:
-        raise ConfigFailure(str(exc)) from exc
+        raise ConfigFailure(for_terminal(str(exc))) from exc
+    except Interrupted:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     finally:
         store.close()
-    if as_json:
-        print_json([dict(zip(columns, r)) for r in records])
-    elif as_csv:
-        import csv
 
+
+TABLE_ROWS_SHOWN = 1_000
+
+
+def print_rows(columns: list[str], records: Iterator[tuple[Any, ...]], fmt: str) -> None:
+    """Rows as they come: JSON and CSV stream every row; a table shows the first
+    1,000 (it must see them all to size its columns) and says how to get the rest."""
+    if fmt == "json":
+        click.echo("[", nl=False)
+        for n, record in enumerate(records):
+            click.echo(("," if n else "") + "\n  " + json.dumps(dict(zip(columns, record)), ensure_ascii=False,
+                                                               default=str), nl=False)
+        click.echo("\n]")
+    elif fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows(records)
+        for record in records:
+            writer.writerow([for_csv(value) for value in record])
     else:
-        print_table([dict(zip(columns, r)) for r in records], columns)
+        shown = list(itertools.islice(records, TABLE_ROWS_SHOWN))
+        print_table([dict(zip(columns, r)) for r in shown], columns)
+        if next(records, None) is not None:
+            click.echo(f"(first {TABLE_ROWS_SHOWN:,} rows shown; use --csv or --json for all of them)")

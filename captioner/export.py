@@ -3,10 +3,12 @@ photo apps read, .txt sidecars for training sets, CSV, JSON Lines, HTML."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from typing import Any
 
 from .gallery import GalleryItem, render
 from .store import PHOTO_CAPTIONS_JOIN, Store
+from .text import for_csv, for_xml
 
 
 def newest_captions(store: Store, model: str | None = None) -> Iterator[dict[str, Any]]:
@@ -95,7 +98,7 @@ def _lang_alt(tag: str, text: str) -> ET.Element:
     alt = ET.SubElement(element, "{{{}}}Alt".format(NS["rdf"]))
     item = ET.SubElement(alt, "{{{}}}li".format(NS["rdf"]))
     item.set("{{{}}}lang".format(NS["xml"]), "x-default")
-    item.text = text
+    item.text = for_xml(text)
     return element
 
 
@@ -149,11 +152,9 @@ def write_xmp(rows: list[dict[str, Any]], out_dir: str | None, replace_extension
                 report.skipped.append((row["path"], f"existing {os.path.basename(target)} is not readable XMP"
                                                     f" ({exc}); left untouched"))
                 continue
-            report.merged.append(target)
         else:
             text = new_xmp(row["caption"])
-            report.written.append(target)
-        _atomic_write(target, text)
+        _write_sidecar(target, text, row["path"], report)
     return report
 
 
@@ -161,17 +162,34 @@ def write_txt(rows: list[dict[str, Any]], out_dir: str | None) -> ExportReport:
     """Training-set sidecars: the caption alone in a .txt with the image's stem."""
     report = ExportReport()
     for row, target in _plan(rows, ".txt", out_dir, True, report):
-        (report.merged if os.path.exists(target) else report.written).append(target)
-        _atomic_write(target, row["caption"].strip() + "\n")
+        _write_sidecar(target, row["caption"].strip() + "\n", row["path"], report)
     return report
 
 
+def _write_sidecar(target: str, text: str, photo: str, report: ExportReport) -> None:
+    existed = os.path.exists(target)
+    try:
+        _atomic_write(target, text)
+    except OSError as exc:
+        report.skipped.append((photo, f"cannot write {target}: {exc.strerror or exc}"))
+        return
+    (report.merged if existed else report.written).append(target)
+
+
 def _atomic_write(target: str, text: str) -> None:
-    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-    temporary = target + ".captioner-tmp"
-    with open(temporary, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(temporary, target)
+    """Write beside the target under a fresh random name (created exclusively,
+    so a planted file or symlink is never written through), then rename."""
+    folder = os.path.dirname(target) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".captioner-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def table_text(rows: list[dict[str, Any]], fmt: str) -> str:
@@ -180,7 +198,7 @@ def table_text(rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=TABLE_FIELDS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: for_csv(v) for k, v in row.items()} for row in rows)
     else:
         for row in rows:
             out.write(json.dumps({k: row[k] for k in TABLE_FIELDS}, ensure_ascii=False) + "\n")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sqlite3
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from .store import PHOTO_CAPTIONS_JOIN, Store
@@ -41,11 +45,10 @@ def search(store: Store, query: str, *, model: str | None = None, since: str | N
     try:
         return list(store.query(sql, params))
     except sqlite3.OperationalError as exc:
-        message = str(exc)
-        if "fts5" in message or "syntax" in message or "no such column" in message:
-            raise QueryError(f"invalid search query {query!r}: {message} "
-                             '(put words with punctuation in double quotes, e.g. "t-shirt")') from exc
-        raise
+        if "interrupted" in str(exc):
+            raise
+        raise QueryError(f"invalid search query {query!r}: {exc} "
+                         '(put words with punctuation in double quotes, e.g. "t-shirt")') from exc
 
 
 # What read-only SQL may do: read tables, call functions, and ask harmless pragmas.
@@ -61,17 +64,47 @@ def _authorize(action: int, arg1: Any, arg2: Any, db_name: Any, source: Any) -> 
     return sqlite3.SQLITE_DENY
 
 
-def run_sql(store: Store, sql: str) -> tuple[list[str], list[tuple]]:
+class Interrupted(Exception):
+    """Ctrl-C stopped a query."""
+
+
+@contextlib.contextmanager
+def interruptible(store: Store) -> Iterator[None]:
+    """Ctrl-C stops a running query (even an endless recursive CTE), raising
+    `Interrupted`: SQLite calls back every few thousand steps, and the
+    callback aborts the query once the signal has arrived."""
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    store.conn.set_progress_handler(lambda: 1 if stop.is_set() else 0, 10_000)
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if stop.is_set() or "interrupted" in str(exc):
+            raise Interrupted() from exc
+        raise
+    finally:
+        store.conn.set_progress_handler(None, 0)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if stop.is_set():
+        raise Interrupted()
+
+
+def run_sql(store: Store, sql: str) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
     """Run one statement that can only read: the database is opened read-only
-    and an authorizer denies every action that is not a read."""
+    and an authorizer denies every action that is not a read. The rows come
+    one at a time, so a result of millions of rows is never held in memory."""
     conn = store.conn
     conn.set_authorizer(_authorize)
     try:
         cursor = conn.execute(sql)
         columns = [d[0] for d in cursor.description or []]
-        return columns, cursor.fetchall()
     except sqlite3.DatabaseError as exc:
         message = str(exc)
+        if "interrupted" in message:
+            raise
         if "not authorized" in message or "readonly" in message:
             message = f"captioner sql is read-only ({message})"
         raise QueryError(message) from exc
@@ -79,3 +112,4 @@ def run_sql(store: Store, sql: str) -> tuple[list[str], list[tuple]]:
         raise QueryError(str(exc)) from exc
     finally:
         conn.set_authorizer(None)
+    return columns, iter(cursor)
