@@ -33,14 +33,10 @@ def parse_json(data: bytes | str) -> Any:
     """JSON from a response body; garbage, deep nesting or a bad encoding is a
     retryable fault (a truncated or mangled body says nothing about the image)."""
     try:
-        return json.loads(data, parse_constant=_no_constant)
+        return json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProviderError(f"malformed response body from server ({exc.__class__.__name__})",
                             retryable=True) from exc
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def token_count(value: Any, maximum: int) -> int | None:
@@ -91,6 +87,9 @@ def checked(result: Any, max_output_tokens: int | None = None) -> CaptionResult:
     if error is not None:
         error = error[:MAX_ERROR_CHARS]
     usage = result.usage if isinstance(result.usage, dict) else None
+    if result.usage is not None and usage is None:
+        note = f"usage is not an object ({_short(result.usage)}), not priced"
+        error = f"{error}; {note}" if error else note
     return replace(result, text=text, error=error, usage=_json_safe(usage), **fields)
 
 

@@ -261,6 +261,32 @@ def is_event_stream(response: httpx.Response) -> bool:
     return response.headers.get("content-type", "").startswith("text/event-stream")
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else {}: a parser reads a wrongly typed part as empty."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """`value` if it is a JSON array, else []."""
+    return value if isinstance(value, list) else []
+
+
+def usage_dict(body: Any, key: str) -> dict[str, Any]:
+    """`body[key]` when it is an object, else {} (a parser must not crash on an odd usage)."""
+    return as_dict(as_dict(body).get(key))
+
+
+def add_tokens(*values: Any) -> Any:
+    """The sum of token counts that may be missing (None). An odd value (a
+    string, a list) is passed through as it is, so the answer check flags it
+    instead of the parser crashing on it."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    odd = next((v for v in present if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+    return odd if odd is not None else sum(present)
+
+
 def option_value(value: str) -> Any:
     """`-o temperature 0.2` arrives as a string; send numbers, booleans and JSON as such."""
     try:

@@ -81,7 +81,7 @@ class Fault:
     status: int = 500
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
-    kind: str = "http"  # http | reset | hang | garbage | truncated
+    kind: str = "http"  # http | reset | hang | garbage | truncated | raw | trickle | keepalive
 
 
 class FakeServer:
@@ -177,6 +177,29 @@ class FakeServer:
             return
         if fault.kind == "garbage":
             self._send(handler, 200, b"{\"choices\": [ not json", {})
+            return
+        if fault.kind == "raw":  # exactly these bytes and headers (gzip bombs, huge bodies)
+            handler.send_response(fault.status)
+            for key, value in fault.headers.items():
+                handler.send_header(key, value)
+            handler.send_header("Content-Length", str(len(fault.body)))
+            handler.end_headers()
+            handler.wfile.write(fault.body)
+            return
+        if fault.kind in ("trickle", "keepalive"):  # a body that never ends, a little at a time
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/event-stream" if fault.kind == "keepalive"
+                                else "application/json")
+            handler.end_headers()
+            piece = b": keep-alive\n\n" if fault.kind == "keepalive" else b" "
+            handler.close_connection = True
+            try:
+                for _ in range(int(self.hang_seconds * 5)):
+                    handler.wfile.write(piece)
+                    handler.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
             return
         if fault.kind == "truncated":
             handler.send_response(200)
@@ -369,6 +392,7 @@ class FakeOllama(FakeServer):
         super().__init__(latency)
         self.models = models
         self.stream_anyway = False
+        self.answer_override: Callable[[dict], Any] | None = None
 
     def extract_images(self, body: dict) -> list[bytes]:
         return [base64.b64decode(i) for m in body.get("messages", []) for i in m.get("images", [])]
@@ -388,6 +412,8 @@ class FakeOllama(FakeServer):
         final = {"model": body["model"], "created_at": "2026-11-22T00:00:00Z",
                  "message": {"role": "assistant", "content": caption}, "done": True, "done_reason": "stop",
                  "prompt_eval_count": 576 * len(images) + text_tokens(text), "eval_count": 30}
+        if self.answer_override is not None:
+            return 200, self.answer_override(final), {}
         if not self.stream_anyway:
             return 200, final, {}
         words = caption.split(" ")

@@ -21,10 +21,14 @@ from captioner.models import (
     CaptionResult,
     Model,
     ProviderError,
+    add_tokens,
+    as_dict,
+    as_list,
     empty_caption_error,
     error_body,
     error_for_status,
     error_message,
+    usage_dict,
 )
 from captioner.options import MAX_TOKENS, TEMPERATURE, TOP_K, TOP_P
 
@@ -59,18 +63,19 @@ def parse_message(body: Any) -> CaptionResult:
     message = body
     if not isinstance(message, dict) or message.get("type") == "error":
         raise ProviderError(f"unexpected response: {error_message(message, 'no message')}", retryable=True)
-    usage = message.get("usage") or {}
-    cache_write = usage.get("cache_creation_input_tokens") or 0
-    cache_read = usage.get("cache_read_input_tokens") or 0
-    texts = [b.get("text", "") for b in message.get("content") or [] if b.get("type") == "text"]
+    usage = usage_dict(message, "usage")
+    cache_write = usage.get("cache_creation_input_tokens")
+    cache_read = usage.get("cache_read_input_tokens")
+    blocks = [as_dict(b) for b in as_list(message.get("content"))]
+    texts = [b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)]
     result = CaptionResult(
         text="".join(texts).strip() or None,
         # Billed input is the uncached input plus what was written to and read from the cache.
-        input_tokens=(usage.get("input_tokens") or 0) + cache_write + cache_read if usage else None,
+        input_tokens=add_tokens(usage.get("input_tokens"), cache_write, cache_read),
         output_tokens=usage.get("output_tokens"),
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        usage=usage or None,
+        cache_read_tokens=cache_read or 0,
+        cache_write_tokens=cache_write or 0,
+        usage=usage or message.get("usage"),
     )
     stop = message.get("stop_reason")
     if stop == "refusal":
@@ -90,13 +95,13 @@ def fold_stream(events: list[Any]) -> dict[str, Any]:
         kind = event.get("type")
         if kind == "message_start":
             start = event.get("message") or {}
-            message["usage"] = dict(start.get("usage") or {})
+            message["usage"] = dict(usage_dict(start, "usage"))
             message["model"] = start.get("model")
         elif kind == "content_block_delta" and event.get("delta", {}).get("type") == "text_delta":
             text.append(event["delta"].get("text", ""))
         elif kind == "message_delta":
             message["stop_reason"] = event.get("delta", {}).get("stop_reason")
-            message["usage"].update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+            message["usage"].update({k: v for k, v in usage_dict(event, "usage").items() if v is not None})
         elif kind == "error":
             raise ProviderError(f"stream error: {error_message(event, 'unknown')}", retryable=True)
     message["content"] = [{"type": "text", "text": "".join(text)}]

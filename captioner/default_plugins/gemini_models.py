@@ -23,9 +23,13 @@ from captioner.models import (
     CaptionResult,
     Model,
     ProviderError,
+    add_tokens,
+    as_dict,
+    as_list,
     empty_caption_error,
     error_body,
     error_for_status,
+    usage_dict,
 )
 from captioner.options import MAX_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, Option
 
@@ -121,20 +125,20 @@ def parse_response(body: Any) -> CaptionResult:
     finish = block = None
     usage: dict[str, Any] = {}
     for chunk in chunks:
-        usage = chunk.get("usageMetadata") or usage
+        usage = usage_dict(chunk, "usageMetadata") or usage
         block = (chunk.get("promptFeedback") or {}).get("blockReason") or block
-        for candidate in (chunk.get("candidates") or [])[:1]:
+        for candidate in [as_dict(c) for c in as_list(chunk.get("candidates"))[:1]]:
             finish = candidate.get("finishReason") or finish
-            for part in (candidate.get("content") or {}).get("parts") or []:
-                if not part.get("thought") and "text" in part:
+            for part in as_list(as_dict(candidate.get("content")).get("parts")):
+                if isinstance(part, dict) and not part.get("thought") and isinstance(part.get("text"), str):
                     texts.append(part["text"])
-    thoughts = usage.get("thoughtsTokenCount") or 0
+    thoughts = usage.get("thoughtsTokenCount")
     result = CaptionResult(
         text="".join(texts).strip() or None,
         input_tokens=usage.get("promptTokenCount"),
         # Thinking is billed as output.
-        output_tokens=(usage.get("candidatesTokenCount") or 0) + thoughts if usage else None,
-        reasoning_tokens=thoughts if usage else None,
+        output_tokens=add_tokens(usage.get("candidatesTokenCount"), thoughts),
+        reasoning_tokens=(thoughts or 0) if usage else None,
         cache_read_tokens=usage.get("cachedContentTokenCount") or 0,
         usage=usage or None,
     )

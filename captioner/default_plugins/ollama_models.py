@@ -6,13 +6,13 @@ Local models cost $0 unless priced in the user's price file.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
+from captioner.answers import parse_json
 from captioner.hookspecs import hookimpl
 from captioner.http_model import HTTPModel, jpeg_base64
 from captioner.models import (
@@ -61,10 +61,7 @@ def map_error(response: httpx.Response, name: str) -> ProviderError:
 def parse_response(body: Any) -> CaptionResult:
     """A /api/chat body (text): one JSON object, or NDJSON lines if the server streamed anyway."""
     text = str(body)
-    try:
-        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise ProviderError("malformed response from Ollama", retryable=True) from exc
+    lines = [parse_json(line) for line in text.splitlines() if line.strip()]
     if not lines or not all(isinstance(line, dict) for line in lines):
         raise ProviderError("empty response from Ollama", retryable=True)
     for line in lines:
@@ -73,7 +70,8 @@ def parse_response(body: Any) -> CaptionResult:
     final = lines[-1]
     if not final.get("done", True):
         raise ProviderError("Ollama response ended before done", retryable=True)
-    content = "".join((line.get("message") or {}).get("content", "") for line in lines)
+    messages = [line.get("message") for line in lines]
+    content = "".join(m["content"] for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str))
     usage = {k: final[k] for k in ("prompt_eval_count", "eval_count", "total_duration", "done_reason") if k in final}
     result = CaptionResult(
         text=content.strip() or None,

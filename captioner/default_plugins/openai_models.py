@@ -25,9 +25,11 @@ from captioner.models import (
     CaptionResult,
     Model,
     ProviderError,
+    as_dict,
     empty_caption_error,
     error_body,
     error_for_status,
+    usage_dict,
 )
 from captioner.options import MAX_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, Option
 
@@ -122,18 +124,20 @@ def parse_response(body: Any) -> CaptionResult:
     """A Chat Completions response body to a CaptionResult."""
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
         raise ProviderError("malformed response: no choices", retryable=True)
-    choice = body["choices"][0]
-    message = choice.get("message") or {}
-    usage = body.get("usage") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
-    prompt_details = usage.get("prompt_tokens_details") or {}
+    # Wrongly typed parts (`choices: ["x"]`, `message: "x"`) read as empty, so a
+    # billed answer keeps its usage and is recorded with the reason it is unusable.
+    choice = as_dict(body["choices"][0])
+    message = as_dict(choice.get("message"))
+    usage = usage_dict(body, "usage")
+    completion_details = usage_dict(usage, "completion_tokens_details")
+    prompt_details = usage_dict(usage, "prompt_tokens_details")
     result = CaptionResult(
         text=_content_text(message.get("content")),
         input_tokens=usage.get("prompt_tokens"),
         output_tokens=usage.get("completion_tokens"),
         reasoning_tokens=completion_details.get("reasoning_tokens"),
         cache_read_tokens=prompt_details.get("cached_tokens") or 0,
-        usage=usage or None,
+        usage=usage or body.get("usage"),
     )
     finish = choice.get("finish_reason")
     if message.get("refusal"):
