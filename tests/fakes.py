@@ -113,6 +113,8 @@ class FakeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        # A client that hangs up mid-answer (as captioner does on an oversized body) is not news.
+        self.httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         # A short poll interval lets shutdown() return at once instead of after 0.5 s.
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01},
                                        daemon=True)
