@@ -13,6 +13,7 @@ from . import pricing
 from .gallery import GalleryItem, render
 from .models import Model
 from .pipeline import RunSettings, caption_paths
+from .recipe import Recipe, recipe_for
 from .report import RunSummary
 from .scan import DEFAULT_MAX_FILE_BYTES, Found, scan
 from .store import PHOTO_CAPTIONS_JOIN, Store
@@ -37,16 +38,16 @@ class Comparison:
     total_photos: int
 
 
-def latest_captions(store: Store, paths: Sequence[str], model: str, prompt: str) -> dict[str, dict[str, Any]]:
-    """The newest caption per path for this model and prompt (through content hash,
+def latest_captions(store: Store, paths: Sequence[str], recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """The newest caption per path made with this recipe (through content hash,
     so a copy of a captioned photo shows its caption)."""
     found: dict[str, dict[str, Any]] = {}
     for path in paths:
         row = next(iter(store.query(
             f"""SELECT c.* FROM {PHOTO_CAPTIONS_JOIN}
-               WHERE i.path = ? AND c.model = ? AND c.prompt = ?
+               WHERE i.path = ? AND c.recipe = ?
                ORDER BY c.id DESC LIMIT 1""",
-            (path, model, prompt),
+            (path, recipe.key),
         )), None)
         if row is not None:
             found[path] = row
@@ -92,7 +93,8 @@ def compare(
     table: list[dict[str, Any]] = []
     captions: dict[str, dict[str, tuple[str, str | None]]] = {p: {} for p in paths}
     for model in models:
-        found = latest_captions(store, paths, model.model_id, settings.prompt)
+        recipe = recipe_for(model, settings.prompt, settings.system, settings.options, settings.max_side)
+        found = latest_captions(store, paths, recipe)
         table.append(model_row(model.model_id, list(found.values()), total))
         for path, row in found.items():
             captions[path][model.model_id] = (row["status"], row["caption"] if row["status"] == "ok" else row["error"])

@@ -22,6 +22,7 @@ from typing import Any
 from . import pricing
 from .control import RunControl
 from .models import FAILED, OK, CaptionResult, Model
+from .recipe import Recipe
 from .report import RunSummary
 from .store import Store, WriteFailed
 
@@ -32,13 +33,6 @@ Write = Callable[..., Awaitable[Any]]
 async def write_now(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """A write on the calling thread (for tests and tools that need no writer thread)."""
     return fn(*args, **kwargs)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What shapes an answer, recorded on every caption row."""
-
-    prompt: str
 
 
 @dataclass
@@ -111,8 +105,7 @@ class Ledger:
             summary.cost_usd += cost or 0.0
         row = {
             "run_id": summary.run_id,
-            "model": self.model.model_id,
-            "prompt": self.recipe.prompt,
+            **self.recipe.columns(),
             "cost_usd": cost,
             "price_in_per_m": price_in,
             "price_out_per_m": price_out,

@@ -32,6 +32,9 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    # False for options that do not change the answer (how long a server keeps
+    # a model loaded): they are not part of a caption's recipe.
+    shapes_answer: bool = True
 
     def parse(self, raw: str) -> Any:
         """The typed value of `raw`, or OptionError saying what is allowed."""

@@ -31,10 +31,11 @@ import httpx
 from . import pricing
 from .budget import Budget
 from .control import RunControl
-from .ledger import Ledger, PhotoFile, Recipe, failed
+from .ledger import Ledger, PhotoFile, failed
 from .media import ImageError, prepare_image, read_file
 from .models import CaptionRequest, Model
 from .plan import Plan, make_plan
+from .recipe import recipe_for
 from .report import RunSummary
 from .scan import DEFAULT_MAX_FILE_BYTES, Found
 from .send import AdaptiveLimit, Answer, NoAnswer, NotSent, RateCap, RetryPolicy, Sender
@@ -116,6 +117,7 @@ class Runner:
         self.settings = settings
         self.progress: Progress = progress or (lambda update: None)
         self.max_side = settings.max_side or model.max_side
+        self.recipe = recipe_for(model, settings.prompt, settings.system, settings.options, self.max_side)
         self.user_prices = pricing.load_user_prices()
         self.control = RunControl(model.model_id)
         self.budget = Budget(settings.max_cost, model, settings.options, self.user_prices)
@@ -125,7 +127,7 @@ class Runner:
 
     def plan(self, roots: Sequence[str]) -> Plan:
         s = self.settings
-        return make_plan(self.store, roots, self.model.model_id, s.prompt, force=s.force,
+        return make_plan(self.store, roots, self.recipe, force=s.force,
                          retry_failed=s.retry_failed, include=s.include, exclude=s.exclude, limit=s.limit,
                          max_bytes=s.max_file_bytes)
 
@@ -137,7 +139,7 @@ class Runner:
                              skipped=list(plan.skipped), not_sent=plan.over_limit)
         self.plan_done = plan.done
         self.write = Writer(self.store, self.control)
-        self.ledger = Ledger(self.store, self.model, Recipe(s.prompt), summary, self.control, self.user_prices,
+        self.ledger = Ledger(self.store, self.model, self.recipe, summary, self.control, self.user_prices,
                              self.progress, concurrency=lambda: int(self.limit.limit), write=self.write)
         try:
             asyncio.run(self._run_all(plan.todo))
@@ -236,7 +238,7 @@ class Runner:
 
     async def _one(self, found: Found, sender: Sender, executor: ThreadPoolExecutor) -> None:
         """Read one file and caption its content unless it is done, in flight, or claimed elsewhere."""
-        s, model_id = self.settings, self.model.model_id
+        s, recipe = self.settings, self.recipe.key
         loop = asyncio.get_running_loop()
         try:
             data, sha = await loop.run_in_executor(executor, read_file, found.path, s.max_file_bytes)
@@ -254,8 +256,7 @@ class Runner:
         self.inflight[sha] = finished
         claimed = False
         try:
-            outcome = await self.write(self.store.claim, sha, model_id, s.prompt, retry_failed=s.retry_failed,
-                                       force=s.force)
+            outcome = await self.write(self.store.claim, sha, recipe, retry_failed=s.retry_failed, force=s.force)
             claimed = outcome == CLAIMED
             if claimed:
                 await self._caption_new(found, data, sha, sender, executor)
@@ -265,7 +266,7 @@ class Runner:
             if claimed:
                 self.finished_shas.add(sha)
                 try:
-                    await self.write(self.store.release, sha, model_id, s.prompt)
+                    await self.write(self.store.release, sha, recipe)
                 except WriteFailed:
                     pass  # claims of this process are released when the run ends, or expire
         if not claimed:
@@ -306,7 +307,7 @@ class Runner:
             self.ledger.not_sent()
             return
         request = CaptionRequest(jpeg=prepared.jpeg, width=prepared.sent_width, height=prepared.sent_height,
-                                 prompt=s.prompt, system=s.system, options=s.options, key=s.key)
+                                 prompt=self.recipe.prompt, system=self.recipe.system, options=s.options, key=s.key)
         outcome = await sender.send(request)
         # What the budget counts as spent: the bill; or, where the bill is unknown
         # (untrusted usage, a timeout after sending), the whole reservation.

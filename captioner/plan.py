@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .recipe import Recipe
 from .scan import DEFAULT_MAX_FILE_BYTES, DONE, Found, Skipped, scan
 from .store import DoneIndex, Store
 
@@ -24,8 +25,7 @@ class Plan:
 def make_plan(
     store: Store,
     roots: Sequence[str],
-    model_id: str,
-    prompt: str,
+    recipe: Recipe,
     *,
     force: bool = False,
     retry_failed: bool = False,
@@ -34,8 +34,8 @@ def make_plan(
     limit: int | None = None,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> Plan:
-    """Scan the roots against what the database already has for this model and prompt."""
-    done = None if force else store.done_index(model_id, prompt, retry_failed=retry_failed)
+    """Scan the roots against what the database already has for this recipe."""
+    done = None if force else store.done_index(recipe.key, retry_failed=retry_failed)
     plan = Plan(done=done)
     for item in scan(roots, include, exclude, done.path_done if done else None, max_bytes):
         if isinstance(item, Skipped):

@@ -16,7 +16,7 @@ import sqlite3
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +26,7 @@ import sqlite_utils
 
 from .media import PreparedImage
 from .models import CaptionResult
+from .recipe import Recipe
 
 BUSY_TIMEOUT_MS = 60_000
 # A claim older than this is stale whatever its pid says (a request with every
@@ -54,8 +55,41 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-# Each migration is a list of statements, run in one transaction.
-MIGRATIONS: list[tuple[str, list[str]]] = [
+def _backfill_recipes(conn: sqlite3.Connection) -> None:
+    """Give every existing caption the recipe its run used (system prompt, options, size sent)."""
+    runs = {row[0]: row[1] for row in conn.execute("SELECT id, options_json FROM runs")}
+    rows = conn.execute("SELECT id, run_id, model, prompt FROM captions").fetchall()
+    for caption_id, run_id, model, prompt in rows:
+        try:
+            recorded = json.loads(runs.get(run_id) or "{}")
+        except ValueError:
+            recorded = {}
+        options = {str(k): str(v) for k, v in (recorded.get("options") or {}).items()}
+        recipe = Recipe(model, (prompt or "").strip(), (recorded.get("system") or "").strip() or None, options,
+                        int(recorded.get("max_side") or 1024))
+        conn.execute("UPDATE captions SET system = ?, options_json = ?, max_side = ?, recipe = ? WHERE id = ?",
+                     (recipe.system, recipe.options_json, recipe.max_side, recipe.key, caption_id))
+
+
+# The view shows every caption of every path through the content hash, except
+# failed rows that a later answer of the same recipe has replaced (they stay in
+# `captions` for history).
+PHOTO_CAPTIONS_VIEW = """CREATE VIEW photo_captions AS
+    SELECT i.path, i.taken_at,
+           trim(coalesce(i.camera_make, '') || ' ' || coalesce(i.camera_model, '')) AS camera,
+           i.gps_lat, i.gps_lon, i.width, i.height,
+           c.model, c.prompt, c.caption, c.status, c.error,
+           c.input_tokens, c.output_tokens, c.cost_usd, c.created_at AS captioned_at,
+           c.id AS caption_id, i.id AS image_id, c.system, c.recipe
+    FROM """ + PHOTO_CAPTIONS_JOIN + """
+    WHERE NOT (c.status = 'failed' AND EXISTS (
+        SELECT 1 FROM captions later JOIN images k ON k.id = later.image_id
+        WHERE k.sha256 = j.sha256 AND later.recipe = c.recipe AND later.id > c.id
+          AND later.status != 'failed'))"""
+
+# Each migration is a list of SQL statements (or Python steps taking the
+# connection), run in one transaction.
+MIGRATIONS: list[tuple[str, list[str | Callable[[sqlite3.Connection], None]]]] = [
     (
         "initial schema",
         [
@@ -155,6 +189,29 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                       c.id AS caption_id, i.id AS image_id
                FROM """ + PHOTO_CAPTIONS_JOIN,
         ],
+    ),
+    (
+        "captions carry their recipe (system prompt, options, size sent); claims are per recipe",
+        [
+            "ALTER TABLE captions ADD COLUMN system TEXT",
+            "ALTER TABLE captions ADD COLUMN options_json TEXT",
+            "ALTER TABLE captions ADD COLUMN max_side INTEGER",
+            "ALTER TABLE captions ADD COLUMN recipe TEXT",
+            _backfill_recipes,
+            "CREATE INDEX idx_captions_recipe ON captions (recipe, status)",
+            "DROP TABLE claims",
+            """CREATE TABLE claims (
+                sha256 TEXT NOT NULL,
+                recipe TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                claimed_at TEXT NOT NULL,
+                PRIMARY KEY (sha256, recipe)
+            )""",
+        ],
+    ),
+    (
+        "photo_captions hides failed rows a later answer replaced; shows system and recipe",
+        ["DROP VIEW photo_captions", PHOTO_CAPTIONS_VIEW],
     ),
 ]
 
@@ -274,22 +331,26 @@ class Store:
                 if number in applied:
                     continue
                 for statement in statements:
-                    conn.execute(statement)
+                    if callable(statement):
+                        statement(conn)
+                    else:
+                        conn.execute(statement)
                 conn.execute(
                     "INSERT INTO _migrations (id, name, applied_at) VALUES (?, ?, ?)", (number, name, utcnow())
                 )
 
     # -- reading what is done --------------------------------------------
 
-    def done_index(self, model: str, prompt: str, *, retry_failed: bool) -> DoneIndex:
+    def done_index(self, recipe: str, *, retry_failed: bool) -> DoneIndex:
+        """What content already has a caption made with this recipe (its key)."""
         statuses = done_statuses(retry_failed)
         marks = ",".join("?" * len(statuses))
         shas = {
             row[0]
             for row in self.conn.execute(
                 f"""SELECT DISTINCT i.sha256 FROM captions c JOIN images i ON i.id = c.image_id
-                    WHERE c.model = ? AND c.prompt = ? AND c.status IN ({marks})""",
-                (model, prompt, *statuses),
+                    WHERE c.recipe = ? AND c.status IN ({marks})""",
+                (recipe, *statuses),
             )
         }
         index = DoneIndex(shas=shas)
@@ -298,8 +359,8 @@ class Store:
                 index.by_path[path] = (size, mtime)
         return index
 
-    def claim(self, sha256: str, model: str, prompt: str, *, retry_failed: bool, force: bool) -> str:
-        """Take the right to caption this content with this model and prompt.
+    def claim(self, sha256: str, recipe: str, *, retry_failed: bool, force: bool) -> str:
+        """Take the right to caption this content with this recipe.
 
         Returns DONE if a caption already exists (another process may have
         finished it since we started), BUSY if a live process holds the claim,
@@ -311,27 +372,23 @@ class Store:
         with self._immediate() as conn:
             if not force and conn.execute(
                 f"""SELECT 1 FROM captions c JOIN images i ON i.id = c.image_id
-                    WHERE i.sha256 = ? AND c.model = ? AND c.prompt = ? AND c.status IN ({marks}) LIMIT 1""",
-                (sha256, model, prompt, *statuses),
+                    WHERE i.sha256 = ? AND c.recipe = ? AND c.status IN ({marks}) LIMIT 1""",
+                (sha256, recipe, *statuses),
             ).fetchone():
                 return DONE
             holder = conn.execute(
-                "SELECT pid, claimed_at FROM claims WHERE sha256 = ? AND model = ? AND prompt = ?",
-                (sha256, model, prompt),
+                "SELECT pid, claimed_at FROM claims WHERE sha256 = ? AND recipe = ?", (sha256, recipe)
             ).fetchone()
             if holder and holder[0] != os.getpid() and _pid_alive(holder[0]) and not _expired(holder[1]):
                 return BUSY
             conn.execute(
-                "INSERT OR REPLACE INTO claims (sha256, model, prompt, pid, claimed_at) VALUES (?, ?, ?, ?, ?)",
-                (sha256, model, prompt, os.getpid(), utcnow()),
+                "INSERT OR REPLACE INTO claims (sha256, recipe, pid, claimed_at) VALUES (?, ?, ?, ?)",
+                (sha256, recipe, os.getpid(), utcnow()),
             )
             return CLAIMED
 
-    def release(self, sha256: str, model: str, prompt: str) -> None:
-        self._write(
-            "DELETE FROM claims WHERE sha256 = ? AND model = ? AND prompt = ? AND pid = ?",
-            (sha256, model, prompt, os.getpid()),
-        )
+    def release(self, sha256: str, recipe: str) -> None:
+        self._write("DELETE FROM claims WHERE sha256 = ? AND recipe = ? AND pid = ?", (sha256, recipe, os.getpid()))
 
     def release_all(self) -> None:
         self._write("DELETE FROM claims WHERE pid = ?", (os.getpid(),))
@@ -372,6 +429,10 @@ class Store:
         model: str,
         prompt: str,
         result: CaptionResult,
+        system: str | None = None,
+        options_json: str | None = None,
+        max_side: int | None = None,
+        recipe: str | None = None,
         cost_usd: float | None = None,
         price_in_per_m: float | None = None,
         price_out_per_m: float | None = None,
@@ -396,6 +457,10 @@ class Store:
             "created_at": utcnow(),
             "usage_json": json.dumps(result.usage) if result.usage is not None else None,
             "estimated_input_tokens": estimated_input_tokens,
+            "system": system,
+            "options_json": options_json,
+            "max_side": max_side,
+            "recipe": recipe,
         }
         columns = ", ".join(row)
         marks = ", ".join("?" * len(row))

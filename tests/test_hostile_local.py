@@ -22,6 +22,7 @@ from test_faults import captioner_process, distinct_photos, env_for, wait_for_ca
 import captioner.store as store_module
 from captioner import pipeline
 from captioner.plugins import get_model
+from captioner.recipe import recipe_for
 from captioner.store import Store
 
 from conftest import rows, run
@@ -362,9 +363,10 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(signum, slow_openai, photos, tmp_pa
 def claim(db, sha, pid, age_seconds=0.0):
     Store(str(db)).close()
     at = (datetime.now(timezone.utc) - timedelta(seconds=age_seconds)).isoformat(timespec="milliseconds")
+    recipe = recipe_for(get_model("gpt-4o-mini"), pipeline.DEFAULT_PROMPT, None, {}, None)
     with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO claims (sha256, model, prompt, pid, claimed_at) VALUES (?, ?, ?, ?, ?)",
-                     (sha, "gpt-4o-mini", pipeline.DEFAULT_PROMPT, pid, at))
+        conn.execute("INSERT INTO claims (sha256, recipe, pid, claimed_at) VALUES (?, ?, ?, ?)",
+                     (sha, recipe.key, pid, at))
 
 
 def rocket_sha(photos):

@@ -11,10 +11,11 @@ import pytest
 
 from captioner.budget import Budget
 from captioner.control import EARLY_FAILURE_LIMIT, RunControl
-from captioner.ledger import Ledger, Recipe
+from captioner.ledger import Ledger
 from captioner.models import FAILED, OK, CaptionRequest, CaptionResult, Model, ProviderError
 from captioner.plan import make_plan
 from captioner.plugins import get_model
+from captioner.recipe import Recipe
 from captioner.report import RunSummary
 from captioner.send import AdaptiveLimit, Answer, NoAnswer, NotSent, RateCap, RetryPolicy, Sender
 from captioner.store import Store
@@ -159,7 +160,8 @@ def ledger_for(store, control):
     run_id = store.start_run(model.model_id, "Describe.", {})
     image_ids = [store.save_image(f"/photos/{n}.jpg", hashlib.sha256(bytes([n])).hexdigest(), 10, 1.0)
                  for n in range(4)]
-    return Ledger(store, model, Recipe("Describe."), RunSummary(run_id, model.model_id), control), image_ids
+    recipe = Recipe(model.model_id, "Describe.")
+    return Ledger(store, model, recipe, RunSummary(run_id, model.model_id), control), image_ids
 
 
 def statuses(db):
@@ -201,7 +203,7 @@ def test_planning_reads_but_never_writes(photos, db):
     Store(str(db)).close()  # an empty database
     before = db.read_bytes()
     store = Store(str(db))
-    plan = make_plan(store, [str(photos)], "gpt-4.1-nano", "Describe.", limit=3)
+    plan = make_plan(store, [str(photos)], Recipe("gpt-4.1-nano", "Describe."), limit=3)
     store.close()
     assert len(plan.todo) == 3 and plan.over_limit == len(list(photos.iterdir())) - 3
     with sqlite3.connect(db) as conn:

@@ -36,7 +36,7 @@ OPTIONS = (
     MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED,
     Option("num_ctx", "int", "Context window the server allocates", minimum=256, maximum=1048576),
     Option("repeat_penalty", "float", "Penalise repeated tokens", minimum=0, maximum=10),
-    Option("keep_alive", "str", "How long the server keeps the model loaded (e.g. 5m, 0)"),
+    Option("keep_alive", "str", "How long the server keeps the model loaded (e.g. 5m, 0)", shapes_answer=False),
 )
 
 
