@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -166,7 +167,8 @@ def utf8_text(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 def db_option(fn: Callable) -> Callable:
     return click.option(
         "--db", "db", default=None, metavar="FILE",
-        help="SQLite database [default: ./captions.db or $CAPTIONER_DB]",
+        help="SQLite database [default: $CAPTIONER_DB, ./captions.db if present, else the user folder's; "
+             "see `captioner db path`]",
     )(fn)
 
 
@@ -246,6 +248,7 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
     (model,), keys = _models_and_keys((model_name,) if model_name is not None else (), key, need_keys=True)
     options = check_options([model], options)
     try:
+        pricing.load_user_prices()  # a malformed price file is one line now, not a traceback later
         unpriced = max_cost is not None and not pricing.price_request(model, 1000, 100).known
     except ConfigError as exc:
         raise ConfigFailure(str(exc)) from exc
@@ -260,11 +263,16 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
     store = open_store(db or config.default_db())
     try:
         summary = caption_paths(paths, model, store, settings, progress_factory=_progress_bar)
+    except sqlite3.Error as exc:
+        raise ConfigFailure(f"cannot write to the database {os.path.abspath(store.path)}: {exc}") from exc
     finally:
         store.close()
     stopped_before_anything = summary.status == "failed" and not summary.captioned
+    nothing_found = summary.found == 0
     if as_json:
         print_json(summary.to_dict())
+    elif nothing_found and summary.status == "completed":
+        click.echo(for_terminal(f"no images found in {', '.join(paths)}" + report.skipped_note(summary.skipped)))
     elif not stopped_before_anything:
         for line in report.summary_lines(summary):
             click.echo(for_terminal(line))
@@ -272,7 +280,7 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
         sys.exit(EXIT_INTERRUPTED)
     if summary.status == "failed":
         raise ConfigFailure(summary.message or "run failed")
-    if summary.failed or summary.refused or summary.status == "budget":
+    if summary.failed or summary.refused or summary.status == "budget" or summary.failed_before or nothing_found:
         sys.exit(EXIT_SOME_FAILED)
 
 
@@ -651,3 +659,74 @@ def print_rows(columns: list[str], records: Iterator[tuple[Any, ...]], fmt: str)
         print_table([dict(zip(columns, r)) for r in shown], columns)
         if next(records, None) is not None:
             click.echo(f"(first {TABLE_ROWS_SHOWN:,} rows shown; use --csv or --json for all of them)")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@db_option
+@json_option("the captions")
+def show(paths, db, as_json):
+    """Print the captions of files (or of every file under a folder), per model.
+
+    \b
+    Examples:
+      captioner show ~/Pictures/IMG_1234.HEIC
+      captioner show ~/Pictures/2024 --json
+    """
+    store = open_store(db or config.default_db(), readonly=True)
+    try:
+        found = report.captions_of(store, list(paths))
+    finally:
+        store.close()
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        click.echo(f"no captions stored for {', '.join(paths)} in {os.path.abspath(store.path)}")
+        sys.exit(EXIT_SOME_FAILED)
+    current = None
+    for row in found:
+        if row["path"] != current:
+            current = row["path"]
+            taken = row["taken_at"][:10] if row["taken_at"] else "date unknown"
+            click.echo(for_terminal(f"{current}  ({taken})"))
+        text = row["caption"] if row["status"] == "ok" else f"[{row['status']}] {row['error'] or ''}"
+        click.echo(for_terminal(f"  {row['model']}: {text}"))
+
+
+@cli.command()
+@db_option
+@json_option("the failures")
+def failures(db, as_json):
+    """List the files whose caption failed or was refused, with the reason and the model.
+
+    \b
+    Examples:
+      captioner failures
+      captioner caption ~/Pictures --retry-failed   # then try them again
+    """
+    store = open_store(db or config.default_db(), readonly=True)
+    try:
+        found = report.failure_rows(store)
+    finally:
+        store.close()
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        click.echo("no failures")
+        return
+    for row in found:
+        click.echo(for_terminal(f"{row['path']}  ({row['model']}, {row['status']}): {row['error'] or ''}"))
+    click.echo(f"{report.plural(len(found), 'file')}; try them again with: captioner caption PATH --retry-failed")
+
+
+@cli.group()
+def db():
+    """Where the database is."""
+
+
+@db.command("path")
+def db_path():
+    """Print the database `caption` and the other commands use by default."""
+    click.echo(os.path.abspath(config.default_db()))

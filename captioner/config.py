@@ -4,6 +4,7 @@ Everything lives in one user directory (`CAPTIONER_USER_DIR` overrides it):
   keys.json           API keys, created with mode 0600
   default_model.txt   the model `caption` uses without -m
   prices.json         the user's own prices for custom or self-hosted models
+  captions.db         the database, unless --db, $CAPTIONER_DB or ./captions.db says otherwise
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ def user_dir() -> Path:
 
 
 def default_db() -> str:
-    return os.environ.get("CAPTIONER_DB") or DEFAULT_DB
+    """`$CAPTIONER_DB`, else a `captions.db` in the working folder if there is one,
+    else `captions.db` in the user folder (as `llm` keeps its `logs.db`)."""
+    if os.environ.get("CAPTIONER_DB"):
+        return os.environ["CAPTIONER_DB"]
+    if os.path.exists(DEFAULT_DB):
+        return DEFAULT_DB
+    return str(user_dir() / DEFAULT_DB)
 
 
 def keys_path() -> Path:

@@ -27,6 +27,8 @@ from .report import RunSummary
 from .store import Store, WriteFailed
 
 Progress = Callable[[dict[str, Any]], None]
+# A run this small prints its captions at the end; a larger one says where to look.
+SHOWN_ANSWERS = 20
 Write = Callable[..., Awaitable[Any]]
 
 
@@ -116,6 +118,8 @@ class Ledger:
             await self.write(self.store.save_caption, image_id=image_id, result=result, **row)
         except WriteFailed:
             self._keep_for_recovery(image_id, result, row)
+        if len(summary.answers) <= SHOWN_ANSWERS:
+            summary.answers.append((path, result.status, result.text if result.status == OK else result.error))
         if result.status == OK:
             summary.ok += 1
             self.control.answered_ok()

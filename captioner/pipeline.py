@@ -136,7 +136,9 @@ class Runner:
         s = self.settings
         run_id = self.store.start_run(self.model.model_id, s.prompt, self._run_options())
         summary = RunSummary(run_id, self.model.model_id, skipped_done=plan.skipped_done,
-                             skipped=list(plan.skipped), not_sent=plan.over_limit)
+                             skipped=list(plan.skipped), not_sent=plan.over_limit,
+                             database=os.path.abspath(self.store.path), failed_before=plan.failed_before,
+                             found=len(plan.todo) + plan.skipped_done + plan.over_limit)
         self.plan_done = plan.done
         self.write = Writer(self.store, self.control)
         self.ledger = Ledger(self.store, self.model, self.recipe, summary, self.control, self.user_prices,
@@ -277,6 +279,8 @@ class Runner:
         await self.write(self.store.save_image, found.path, sha, found.size, found.mtime)
         if outcome == DONE:
             self.ledger.already_done()
+            if self.plan_done is not None and sha in self.plan_done.failed_shas:
+                self.ledger.summary.failed_before += 1
         else:
             self.ledger.skipped(found.path, "being captioned by another captioner process")
             self.progress({"advance": 1})

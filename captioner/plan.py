@@ -18,6 +18,7 @@ class Plan:
     todo: list[Found] = field(default_factory=list)
     done: DoneIndex | None = None  # None with --force: nothing counts as done
     skipped_done: int = 0
+    failed_before: int = 0  # of those skipped as done, how many only ever failed
     skipped: list[tuple[str, str]] = field(default_factory=list)
     over_limit: int = 0
 
@@ -41,6 +42,7 @@ def make_plan(
         if isinstance(item, Skipped):
             if item.reason == DONE:
                 plan.skipped_done += 1
+                plan.failed_before += done is not None and item.path in done.failed_paths
             else:
                 plan.skipped.append((item.path, item.reason))
         else:

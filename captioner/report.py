@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,11 @@ class RunSummary:
     unpriced: int = 0
     retries: int = 0
     message: str | None = None
+    database: str = ""
+    failed_before: int = 0  # photos skipped because they failed before (not retried)
+    found: int = 0  # image files under the paths (done or not)
+    # What this run wrote, photo by photo (kept for small runs, to show at the end).
+    answers: list[tuple[str, str, str | None]] = field(default_factory=list)
 
     @property
     def captioned(self) -> int:
@@ -57,6 +63,9 @@ class RunSummary:
             "unpriced": self.unpriced,
             "retries": self.retries,
             "message": self.message,
+            "database": self.database,
+            "failed_before": self.failed_before,
+            "captions": [{"path": p, "status": s, "caption": c} for p, s, c in self.answers],
         }
 
 GROUPINGS = {
@@ -67,17 +76,39 @@ GROUPINGS = {
 
 
 def money(value: float | None) -> str:
+    """Dollars as people read them: `$0.000040`, `$1,234.5678`, never `4e-05`; None is "unpriced"."""
     if value is None:
         return "unpriced"
     if value == 0:
         return "$0"
-    return f"${value:.6f}" if value < 0.01 else f"${value:,.4f}"
+    if abs(value) < 0.01:
+        return f"${value:.6f}"
+    return f"${value:,.4f}" if abs(value) < 1000 else f"${value:,.2f}"
+
+
+def number(value: float | int | None, decimals: int = 1) -> str:
+    """A count or measure with thousands separators and no scientific notation."""
+    if value is None:
+        return ""
+    if isinstance(value, int) or float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.{decimals}f}"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
 
 
 def summary_lines(summary: RunSummary) -> list[str]:
     """The end-of-run report, one fact per line."""
     d = summary.to_dict()
-    lines = [
+    handled = summary.ok + summary.failed + summary.refused
+    lines = []
+    if summary.answers and handled <= len(summary.answers):
+        for path, status, text in summary.answers:
+            lines += [path, f"    {text or ''}" if status == "ok" else f"    [{status}] {text or ''}"]
+        lines.append("")
+    lines += [
         f"{summary.model}: {summary.ok} ok, {summary.failed} failed, {summary.refused} refused/blocked, "
         f"{summary.skipped_done} skipped (already done)"
         + "".join(f", {count} skipped ({reason})" for reason, count in skip_reasons(summary.skipped))
@@ -86,13 +117,30 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"cost: {money(summary.cost_usd)} ({money(d['cost_per_1000_images'])} per 1,000 images)"
         + (f"; {summary.unpriced} responses unpriced (no known price for {summary.model})" if summary.unpriced else ""),
     ]
-    for path, error in summary.failures[:20]:
-        lines.append(f"  failed: {path}: {error}")
-    if len(summary.failures) > 20:
-        lines.append(f"  ... and {len(summary.failures) - 20} more (see `captioner sql` on the captions table)")
+    shown_above = bool(summary.answers) and handled <= len(summary.answers)
+    if not shown_above:
+        for path, error in summary.failures[:20]:
+            lines.append(f"  failed: {path}: {error}")
+        if len(summary.failures) > 20:
+            lines.append(f"  ... and {len(summary.failures) - 20} more (see `captioner failures`)")
+    if summary.failed_before:
+        lines.append(f"{plural(summary.failed_before, 'photo')} failed before and were not sent again: "
+                     "see `captioner failures`, retry them with --retry-failed")
     if summary.message:
         lines.append(summary.message)
+    if handled and not shown_above:
+        lines.append("see the captions with: captioner show PATH (or captioner search WORDS)")
+    if summary.database:
+        lines.append(f"database: {summary.database}")
     return lines
+
+
+def skipped_note(skipped: list[tuple[str, str]]) -> str:
+    """` (2 skipped: 1 not images, 1 not a regular file)`, or nothing."""
+    if not skipped:
+        return ""
+    reasons = ", ".join(f"{count} {reason}" for reason, count in skip_reasons(skipped))
+    return f" ({len(skipped)} skipped: {reasons})"
 
 
 def skip_reasons(skipped: list[tuple[str, str]]) -> list[tuple[str, int]]:
@@ -170,3 +218,32 @@ def model_rows(models: list[Model], default: str) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def captions_of(store: Store, paths: list[str]) -> list[dict[str, Any]]:
+    """`captioner show`: every caption of each file (or of every file under a folder), newest first per model."""
+    found: list[dict[str, Any]] = []
+    for path in paths:
+        absolute = os.path.abspath(path)
+        found.extend(store.query(
+            """SELECT path, model, status, caption, error, prompt, system, cost_usd, captioned_at, taken_at
+               FROM photo_captions WHERE path = :path OR path LIKE :under ESCAPE '\\'
+               ORDER BY path, model, caption_id DESC""",
+            {"path": absolute, "under": _like_prefix(absolute.rstrip(os.sep) + os.sep)},
+        ))
+    return found
+
+
+def failure_rows(store: Store) -> list[dict[str, Any]]:
+    """`captioner failures`: files whose caption failed or was refused, and not answered since."""
+    return list(store.query(
+        """SELECT path, model, status, error, captioned_at FROM photo_captions p
+           WHERE status IN ('failed', 'refused', 'blocked')
+             AND NOT EXISTS (SELECT 1 FROM photo_captions q WHERE q.path = p.path AND q.recipe = p.recipe
+                             AND q.status = 'ok')
+           ORDER BY path, model"""
+    ))
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -61,8 +61,11 @@ class Skipped:
 
 
 def _matches(rel: str, patterns: Iterable[str]) -> bool:
+    """Glob match on the relative path or the name, ignoring case (`*.heic`
+    matches `IMG_1.HEIC`: cameras and phones write extensions either way)."""
+    rel = rel.lower()
     name = rel.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+    return any(fnmatch.fnmatchcase(rel, p.lower()) or fnmatch.fnmatchcase(name, p.lower()) for p in patterns)
 
 
 def _inside(path: str, real_roots: tuple[str, ...]) -> bool:

@@ -225,11 +225,14 @@ def done_statuses(retry_failed: bool) -> tuple[str, ...]:
 
 @dataclass
 class DoneIndex:
-    """What is already captioned for one model and prompt: by path (with the
-    size and mtime it had) and by content hash."""
+    """What is already captioned with one recipe: by path (with the size and
+    mtime it had) and by content hash; `failed_shas` is content whose only
+    answers failed (skipped unless --retry-failed)."""
 
     by_path: dict[str, tuple[int, float]] = field(default_factory=dict)
     shas: set[str] = field(default_factory=set)
+    failed_shas: set[str] = field(default_factory=set)
+    failed_paths: set[str] = field(default_factory=set)
 
     def path_done(self, path: str, size: int, mtime: float) -> bool:
         known = self.by_path.get(path)
@@ -264,6 +267,9 @@ class Store:
                 conn = sqlite3.connect(readonly_uri(path), uri=True, isolation_level=None)
                 conn.execute("PRAGMA query_only = 1")
             else:
+                folder = os.path.dirname(os.path.abspath(path))
+                if not os.path.isdir(folder):
+                    os.makedirs(folder, exist_ok=True)
                 # The run's writes happen on one writer thread (see pipeline.Writer).
                 conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                        check_same_thread=False)
@@ -274,8 +280,8 @@ class Store:
             if not readonly:
                 _retry_while_locked(self._set_up)
                 self._replay_recovery()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open database {path}: {exc}") from exc
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise StoreError(f"cannot open database {os.path.abspath(path)}: {exc}") from exc
 
     def _check_kind(self) -> None:
         """Refuse another application's SQLite file, and a database from a newer captioner."""
@@ -353,10 +359,20 @@ class Store:
                 (recipe, *statuses),
             )
         }
-        index = DoneIndex(shas=shas)
+        succeeded = {
+            row[0]
+            for row in self.conn.execute(
+                f"""SELECT DISTINCT i.sha256 FROM captions c JOIN images i ON i.id = c.image_id
+                    WHERE c.recipe = ? AND c.status IN ({",".join("?" * len(FINAL_STATUSES))})""",
+                (recipe, *FINAL_STATUSES),
+            )
+        }
+        index = DoneIndex(shas=shas, failed_shas=shas - succeeded if not retry_failed else set())
         for path, size, mtime, sha in self.conn.execute("SELECT path, size, mtime, sha256 FROM images"):
             if sha in shas:
                 index.by_path[path] = (size, mtime)
+                if sha in index.failed_shas:
+                    index.failed_paths.add(path)
         return index
 
     def claim(self, sha256: str, recipe: str, *, retry_failed: bool, force: bool) -> str:

@@ -4,6 +4,7 @@ a user's words safe, budgets spent, numbers readable, help that helps."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -41,3 +42,108 @@ def test_a_later_success_hides_the_old_failure_in_photo_captions(fake_openai, ph
     run("caption", photos / "rocket.jpg", "-m", "gpt-4o-mini", "--db", db, "--retry-failed")
     assert [r["status"] for r in rows(db, "SELECT status FROM captions ORDER BY id")] == ["failed", "ok"]
     assert [r["status"] for r in rows(db, "SELECT status FROM photo_captions")] == ["ok"]
+
+
+# -- show the result ---------------------------------------------------------------------
+
+
+def test_a_small_run_prints_its_captions_and_the_database(fake_openai, photos, db):
+    result = run("caption", photos / "rocket.jpg", photos / "coffee.png", "-m", "gpt-4o-mini", "--db", db)
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert str(photos / "coffee.png") in lines and any(line.startswith("    photo ") for line in lines)
+    assert f"database: {db}" in result.output
+
+
+def test_a_large_run_says_where_to_look(fake_openai, photos, tmp_path, db):
+    from test_faults import distinct_photos
+
+    distinct_photos(tmp_path / "lib", photos, 22)
+    result = run("caption", tmp_path / "lib", "-m", "gpt-4o-mini", "--db", db)
+    assert "captioner show PATH" in result.output and "    photo " not in result.output
+
+
+def test_show_prints_each_files_captions_per_model(fake_openai, fake_gemini, photos, db):
+    run("caption", photos / "rocket.jpg", "-m", "gpt-4o-mini", "--db", db)
+    run("caption", photos / "rocket.jpg", "-m", "gemini-2.5-flash-lite", "--db", db)
+    result = run("show", photos / "rocket.jpg", "--db", db)
+    assert result.exit_code == 0
+    assert "  gpt-4o-mini: photo " in result.output and "  gemini-2.5-flash-lite: photo " in result.output
+    folder = json.loads(run("show", photos, "--db", db, "--json").output)
+    assert {r["model"] for r in folder} == {"gpt-4o-mini", "gemini-2.5-flash-lite"}
+
+
+def test_undated_photos_say_date_unknown(fake_openai, photos, db):
+    run("caption", photos / "coffee.png", "-m", "gpt-4o-mini", "--db", db)
+    assert "(date unknown)" in run("show", photos / "coffee.png", "--db", db).output
+    assert "date unknown)" in run("search", "photo", "--db", db).output
+
+
+# -- failures stay visible ------------------------------------------------------------------
+
+
+def test_failures_are_listed_and_a_rerun_reminds_and_exits_1(fake_openai, photos, db):
+    fake_openai.faults = [Fault(400, {"error": {"message": "unsupported image"}})]
+    run("caption", photos / "rocket.jpg", "-m", "gpt-4o-mini", "--db", db)
+    listed = json.loads(run("failures", "--db", db, "--json").output)
+    assert [(r["model"], r["status"], r["error"]) for r in listed] == [
+        ("gpt-4o-mini", "failed", "HTTP 400: unsupported image")]
+    again = run("caption", photos / "rocket.jpg", "-m", "gpt-4o-mini", "--db", db)
+    assert again.exit_code == 1 and "1 photo failed before" in again.output and "--retry-failed" in again.output
+    assert len(fake_openai.image_requests) == 1
+    fixed = run("caption", photos / "rocket.jpg", "-m", "gpt-4o-mini", "--db", db, "--retry-failed")
+    assert fixed.exit_code == 0 and run("failures", "--db", db).output.strip() == "no failures"
+
+
+def test_an_empty_folder_says_no_images_found(tmp_path, db, fake_openai):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a photo")
+    result = run("caption", tmp_path / "empty", "-m", "gpt-4o-mini", "--db", db)
+    assert result.exit_code == 1
+    assert "no images found in" in result.output and "1 not images" in result.output
+
+
+def test_globs_ignore_case(fake_openai, photos, db):
+    shutil.copy(photos / "pug.heic", photos / "IMG_1.HEIC")
+    result = run("caption", photos, "-m", "gpt-4o-mini", "--db", db, "--include", "*.heic", "--json")
+    assert json.loads(result.output)["ok"] == 1  # pug.heic and IMG_1.HEIC are the same photo: paid once
+    assert len(rows(db, "SELECT path FROM images")) == 2
+
+
+# -- one database a user can find ------------------------------------------------------------
+
+
+def test_the_default_database_lives_in_the_user_folder(fake_openai, photos, tmp_path, monkeypatch):
+    user_db = tmp_path / "user" / "captions.db"
+    assert run("db", "path").output.strip() == str(user_db)
+    result = run("caption", photos / "rocket.jpg", "-m", "gpt-4o-mini")
+    assert result.exit_code == 0 and user_db.exists() and f"database: {user_db}" in result.output
+    (tmp_path / "captions.db").write_bytes(b"")  # a captions.db in the working folder wins
+    assert run("db", "path").output.strip() == str(tmp_path / "captions.db")
+    monkeypatch.setenv("CAPTIONER_DB", str(tmp_path / "env.db"))  # and $CAPTIONER_DB wins over both
+    assert run("db", "path").output.strip() == str(tmp_path / "env.db")
+
+
+def test_a_missing_database_names_its_path_and_the_db_option(tmp_path):
+    result = run("cost", "--db", "nowhere.db")
+    assert result.exit_code == 2
+    assert str(tmp_path / "nowhere.db") in result.output and "--db" in result.output
+
+
+# -- never a traceback, never a wrong exit code --------------------------------------------------
+
+
+def test_a_malformed_price_file_is_one_line_before_any_photo_is_read(fake_openai, photos, db, tmp_path):
+    (tmp_path / "user").mkdir(exist_ok=True)
+    (tmp_path / "user" / "prices.json").write_text("{not json")
+    result = run("caption", photos, "-m", "gpt-4o-mini", "--db", db)
+    assert result.exit_code == 2 and "prices.json" in result.output and "Traceback" not in result.output
+    assert fake_openai.received == []
+
+
+def test_a_malformed_keys_file_is_one_line(fake_openai, photos, db, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    (tmp_path / "user").mkdir(exist_ok=True)
+    (tmp_path / "user" / "keys.json").write_text("[1, 2")
+    result = run("caption", photos, "-m", "gpt-4o-mini", "--db", db)
+    assert result.exit_code == 2 and "keys.json" in result.output and fake_openai.received == []

@@ -116,7 +116,8 @@ def test_one_bad_answer_among_many_fails_that_photo_only_and_is_not_paid_again(f
     assert rows(db, "SELECT status FROM runs")[0]["status"] == "completed"
     sent = len(fake_openai.image_requests)
     again = run("caption", photos, "-m", "gpt-4o-mini", "--db", db)
-    assert again.exit_code == 0 and len(fake_openai.image_requests) == sent  # not paid twice
+    assert len(fake_openai.image_requests) == sent  # not paid twice
+    assert again.exit_code == 1 and "1 photo failed before" in again.output  # and the failure stays visible
 
 
 @pytest.mark.parametrize("kind", ["trickle", "keepalive"])
