@@ -304,15 +304,20 @@ class Runner:
             return
         estimated = pricing.estimated_input_tokens(self.model, prepared.sent_width, prepared.sent_height,
                                                    s.options, s.prompt, s.system)
-        reserved = self.budget.worst_case(estimated)
-        if not self.budget.reserve(reserved):
-            assert s.max_cost is not None
-            self.control.budget_reached(s.max_cost)
-            self.ledger.not_sent()
-            return
+        worst_case = self.budget.worst_case(estimated)
+        reserved = 0.0
+
+        async def reserve() -> bool:
+            nonlocal reserved
+            if not await self.budget.reserve(worst_case):
+                self.control.budget_reached(s.max_cost or 0.0)
+                return False
+            reserved = worst_case
+            return True
+
         request = CaptionRequest(jpeg=prepared.jpeg, width=prepared.sent_width, height=prepared.sent_height,
                                  prompt=self.recipe.prompt, system=self.recipe.system, options=s.options, key=s.key)
-        outcome = await sender.send(request)
+        outcome = await sender.send(request, reserve if s.max_cost is not None else None)
         # What the budget counts as spent: the bill; or, where the bill is unknown
         # (untrusted usage, a timeout after sending), the whole reservation.
         spent: float | None = 0.0
@@ -325,7 +330,7 @@ class Runner:
             spent = reserved if outcome.maybe_billed else 0.0
         elif isinstance(outcome, NotSent):
             self.ledger.not_sent()
-        self.budget.settle(reserved, spent)
+        await self.budget.settle(reserved, spent)
 
 
 def caption_paths(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
 
@@ -132,7 +132,10 @@ class Sender:
         self.rate = rate
         self.on_retry = on_retry
 
-    async def send(self, request: CaptionRequest) -> SendOutcome:
+    async def send(self, request: CaptionRequest,
+                   before_first: Callable[[], Awaitable[bool]] | None = None) -> SendOutcome:
+        """Send with retries. `before_first` runs once a slot is held, just
+        before the first attempt (the budget's reservation); False: not sent."""
         policy = self.policy
         last_error = "unknown error"
         maybe_billed = False
@@ -146,7 +149,8 @@ class Sender:
             retry_after = None
             async with self.limit:
                 await self.rate.wait()
-                if self.control.stopping and attempt == 0:
+                if attempt == 0 and (self.control.stopping or
+                                     (before_first is not None and not await before_first())):
                     return NotSent()
                 started = time.monotonic()
                 maybe_billed = False

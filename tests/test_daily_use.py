@@ -147,3 +147,18 @@ def test_a_malformed_keys_file_is_one_line(fake_openai, photos, db, tmp_path, mo
     (tmp_path / "user" / "keys.json").write_text("[1, 2")
     result = run("caption", photos, "-m", "gpt-4o-mini", "--db", db)
     assert result.exit_code == 2 and "keys.json" in result.output and fake_openai.received == []
+
+
+# -- a budget that spends what it may ------------------------------------------------------------
+
+
+def test_a_budget_is_spent_not_merely_reserved(fake_openai, photos, tmp_path, db):
+    from test_faults import distinct_photos
+
+    distinct_photos(tmp_path / "lib", photos, 40)
+    result = run("caption", tmp_path / "lib", "-m", "gpt-4o-mini", "--db", db, "--max-cost", "0.05",
+                 "--concurrency", "8", "--json")
+    summary = json.loads(result.output)
+    assert result.exit_code == 1 and summary["status"] == "budget" and summary["not_sent"] > 0
+    spent = rows(db, "SELECT sum(cost_usd) AS s FROM captions")[0]["s"]
+    assert 0.045 <= spent <= 0.05  # at least 90% of the budget used

@@ -97,17 +97,36 @@ def test_control_early_failures_stop_the_run_until_one_answer_arrives():
 def test_budget_reserves_the_worst_case_and_settles_with_the_bill():
     budget = Budget(0.01, get_model("gpt-4.1-nano"), {"max_tokens": "400"}, user_prices={})
     worst = budget.worst_case(1000)
-    # 1,250 input (estimate + 25%) + 50 at $0.10/M and 400 output at $0.40/M.
-    assert worst == pytest.approx(1300 * 0.10e-6 + 400 * 0.40e-6)
-    assert budget.reserve(worst)
-    budget.settle(worst, 0.00002)
-    assert budget.reserved == pytest.approx(0) and budget.spent == pytest.approx(0.00002)
-    assert not budget.reserve(0.0100)  # would pass the cap with what is already spent
+    # 1,100 input (estimate + 10%) + 50 at $0.10/M and 400 output at $0.40/M.
+    assert worst == pytest.approx(1150 * 0.10e-6 + 400 * 0.40e-6)
+
+    async def go():
+        assert await budget.reserve(worst)
+        await budget.settle(worst, 0.00002)
+        assert budget.reserved == pytest.approx(0) and budget.spent == pytest.approx(0.00002)
+        assert not await budget.reserve(0.0100)  # would pass the cap, and nothing in flight can free room
+
+    asyncio.run(go())
+
+
+def test_a_request_that_does_not_fit_waits_for_those_in_flight_to_settle():
+    budget = Budget(0.01, get_model("gpt-4.1-nano"), {}, user_prices={})
+
+    async def go():
+        assert await budget.reserve(0.006)
+        waiting = asyncio.create_task(budget.reserve(0.006))  # does not fit while 0.006 is reserved
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        await budget.settle(0.006, 0.001)  # the first one cost far less than its worst case
+        assert await waiting is True
+        assert budget.spent + budget.reserved == pytest.approx(0.007)
+
+    asyncio.run(go())
 
 
 def test_no_budget_never_refuses():
     budget = Budget(None, get_model("gpt-4.1-nano"), {})
-    assert budget.worst_case(10**6) == 0.0 and budget.reserve(1e9)
+    assert budget.worst_case(10**6) == 0.0 and asyncio.run(budget.reserve(1e9))
 
 
 # -- send ------------------------------------------------------------------------
