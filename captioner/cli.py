@@ -516,6 +516,7 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
 
 
 @cli.command()
+@click.argument("paths", nargs=-1)
 @db_option
 @click.option("--format", "fmt", type=click.Choice(["xmp", "txt", "csv", "jsonl", "html"]), required=True,
               help="xmp/txt sidecars beside the photos, or one csv/jsonl/html file")
@@ -525,13 +526,19 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
                    "csv/jsonl/html: file [default: stdout]")
 @click.option("--sidecar-name", type=click.Choice(["append", "replace"]), default="append", show_default=True,
               help="xmp: IMG_1234.jpg.xmp (append) or IMG_1234.xmp (replace)")
-def export(db, fmt, model_name, out, sidecar_name):
+@click.option("--overwrite", is_flag=True,
+              help="xmp: replace a description captioner did not write (by default it is kept)")
+@click.option("--dry-run", is_flag=True, help="xmp/txt: list what would be written, write nothing")
+def export(paths, db, fmt, model_name, out, sidecar_name, overwrite, dry_run):
     """Export stored captions: XMP sidecars photo apps read, .txt sidecars, CSV, JSON Lines or an HTML gallery.
 
     \b
     Examples:
       captioner export --format xmp
+      captioner export ~/Pictures/2024 --format xmp --dry-run
       captioner export --format csv --out captions.csv
+
+    PATHS limits the export to those files, or to the files under those folders.
     """
     if out and fmt in ("xmp", "txt"):
         check_output_folder(out, "--out")
@@ -540,18 +547,25 @@ def export(db, fmt, model_name, out, sidecar_name):
     store = open_store(db or config.default_db(), readonly=True)
     try:
         if fmt == "html":
-            text, count = exporting.html_gallery(store, model_name)
+            text, count = exporting.html_gallery(store, model_name, paths)
         else:
-            rows = list(exporting.newest_captions(store, model_name))
+            rows = exporting.only_under(list(exporting.newest_captions(store, model_name)), paths)
             count = len(rows)
     finally:
         store.close()
     if fmt in ("xmp", "txt"):
-        report = (exporting.write_xmp(rows, out, sidecar_name == "replace") if fmt == "xmp"
-                  else exporting.write_txt(rows, out))
+        options = exporting.SidecarOptions(out, sidecar_name == "replace", overwrite, dry_run)
+        report = exporting.write_xmp(rows, options) if fmt == "xmp" else exporting.write_txt(rows, options)
         for path, reason in report.skipped:
             click.echo(for_terminal(f"skipped {path}: {reason}"), err=True)
-        click.echo(f"{len(report.written)} written, {len(report.merged)} updated, {len(report.skipped)} skipped")
+        if dry_run:
+            for target in report.written:
+                click.echo(for_terminal(f"would write {target}"))
+            for target in report.merged:
+                click.echo(for_terminal(f"would update {target}"))
+        verbs = ("would be written", "would be updated") if dry_run else ("written", "updated")
+        click.echo(f"{len(report.written)} {verbs[0]}, {len(report.merged)} {verbs[1]}, "
+                   f"{len(report.skipped)} skipped")
         if report.skipped:
             sys.exit(EXIT_SOME_FAILED)
         return

@@ -36,8 +36,8 @@ def newest_captions(store: Store, model: str | None = None) -> Iterator[dict[str
     )
 
 
-def html_gallery(store: Store, model: str | None = None) -> tuple[str, int]:
-    rows = list(newest_captions(store, model))
+def html_gallery(store: Store, model: str | None = None, paths: tuple[str, ...] = ()) -> tuple[str, int]:
+    rows = only_under(list(newest_captions(store, model)), paths)
     items = [GalleryItem(r["path"], {r["model"]: ("ok", r["caption"])}) for r in rows]
     models = sorted({r["model"] for r in rows})
     page = render(f"captioner gallery ({len(items)} photos)", items, models)
@@ -53,6 +53,9 @@ NS = {
     "tiff": "http://ns.adobe.com/tiff/1.0/",
     "exif": "http://ns.adobe.com/exif/1.0/",
     "xml": "http://www.w3.org/XML/1998/namespace",
+    # captioner's own field: the text it wrote, so a later export can tell its
+    # words from a person's and never replace the latter.
+    "captioner": "https://captioner.dev/ns/1.0/",
 }
 XPACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
 XPACKET_END = '\n<?xpacket end="w"?>\n'
@@ -60,7 +63,12 @@ XPACKET_END = '\n<?xpacket end="w"?>\n'
 # Lightroom and exiftool read as the description; tiff:ImageDescription mirrors
 # the EXIF ImageDescription tag for tools that read that one.
 CAPTION_FIELDS = ("{{{}}}description".format(NS["dc"]), "{{{}}}ImageDescription".format(NS["tiff"]))
+WRITTEN_MARK = "{{{}}}writtenDescription".format(NS["captioner"])
 TABLE_FIELDS = ["path", "model", "caption", "input_tokens", "output_tokens", "cost_usd", "taken_at"]
+
+
+class UserText(ValueError):
+    """A sidecar holds a description captioner did not write."""
 
 
 @dataclass
@@ -68,20 +76,45 @@ class ExportReport:
     written: list[str] = field(default_factory=list)
     merged: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    dry_run: bool = False
 
 
-def sidecar_path(image_path: str, suffix: str, out_dir: str | None, replace_extension: bool) -> str:
+@dataclass(frozen=True)
+class SidecarOptions:
+    out_dir: str | None = None
+    replace_extension: bool = False
+    overwrite: bool = False  # replace a description captioner did not write
+    dry_run: bool = False
+
+
+def sidecar_path(image_path: str, suffix: str, out_dir: str | None, replace_extension: bool,
+                 base_dir: str | None = None) -> str:
+    """Beside the photo, or under `out_dir` keeping the photo's sub-folders
+    below `base_dir`, so two IMG_0001.jpg in different folders never collide."""
     folder, name = os.path.split(image_path)
-    base = os.path.splitext(name)[0] if replace_extension else name
-    return os.path.join(out_dir or folder, base + suffix)
+    stem = os.path.splitext(name)[0] if replace_extension else name
+    if out_dir is None:
+        return os.path.join(folder, stem + suffix)
+    relative = os.path.relpath(folder, base_dir) if base_dir else "."
+    return os.path.normpath(os.path.join(out_dir, relative, stem + suffix))
+
+
+def only_under(rows: list[dict[str, Any]], paths: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows for these files, or for files under these folders (all rows if none given)."""
+    if not paths:
+        return rows
+    wanted = [os.path.abspath(p) for p in paths]
+    return [r for r in rows if any(r["path"] == w or r["path"].startswith(w.rstrip(os.sep) + os.sep)
+                                   for w in wanted)]
 
 
 def _plan(rows: list[dict[str, Any]], suffix: str, out_dir: str | None, replace_extension: bool,
           report: ExportReport) -> list[tuple[dict[str, Any], str]]:
     """Where each sidecar goes; two photos that would share one file are both reported, neither written."""
+    base_dir = os.path.commonpath([os.path.dirname(r["path"]) for r in rows]) if rows and out_dir else None
     targets: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        targets.setdefault(sidecar_path(row["path"], suffix, out_dir, replace_extension), []).append(row)
+        targets.setdefault(sidecar_path(row["path"], suffix, out_dir, replace_extension, base_dir), []).append(row)
     planned = []
     for target, owners in targets.items():
         if len(owners) > 1:
@@ -110,26 +143,48 @@ def new_xmp(caption: str) -> str:
     description.set("{{{}}}about".format(NS["rdf"]), "")
     for tag in CAPTION_FIELDS:
         description.append(_lang_alt(tag, caption))
+    description.set(WRITTEN_MARK, for_xml(caption))
     return _serialize(root, {})
 
 
-def merge_xmp(existing: str, caption: str) -> str:
-    """Put the caption into an existing sidecar, keeping every other field and prefix."""
+def _texts(description: ET.Element, tag: str) -> list[str]:
+    """Every value a description element holds for `tag` (as an attribute or a language alternative)."""
+    found = [description.attrib[tag]] if tag in description.attrib else []
+    for element in description.findall(tag):
+        found += [(li.text or "") for li in element.iter("{{{}}}li".format(NS["rdf"]))]
+    return [text.strip() for text in found if text.strip()]
+
+
+def merge_xmp(existing: str, caption: str, overwrite: bool = False) -> str:
+    """Put the caption into an existing sidecar, keeping every other field and prefix.
+
+    A description captioner did not write (it differs from the text captioner
+    recorded it wrote, or captioner never wrote one) is a person's words: it is
+    kept and `UserText` raised, unless `overwrite`."""
     prefixes = {prefix: uri for _, (prefix, uri) in ET.iterparse(io.StringIO(existing), events=("start-ns",))}
     root = ET.fromstring(existing.encode("utf-8"))
     rdf = root if root.tag == "{{{}}}RDF".format(NS["rdf"]) else root.find("{{{}}}RDF".format(NS["rdf"]))
     if rdf is None:
         raise ValueError("no rdf:RDF element")
     descriptions = rdf.findall("{{{}}}Description".format(NS["rdf"]))
+    ours = {text.strip() for d in descriptions for text in [d.attrib.get(WRITTEN_MARK, "")] if text.strip()}
+    theirs = {text for d in descriptions for tag in CAPTION_FIELDS for text in _texts(d, tag)} - ours
+    if not ours and root.get("{{{}}}xmptk".format(NS["x"])) == "captioner":
+        theirs = set()  # a sidecar captioner made before it marked its words
+
+    if theirs and not overwrite:
+        raise UserText("it holds a description captioner did not write (--overwrite replaces it)")
     for description in descriptions:
         for tag in CAPTION_FIELDS:
             for old in description.findall(tag):
                 description.remove(old)
             description.attrib.pop(tag, None)
+        description.attrib.pop(WRITTEN_MARK, None)
     target = descriptions[0] if descriptions else ET.SubElement(rdf, "{{{}}}Description".format(NS["rdf"]))
     target.attrib.setdefault("{{{}}}about".format(NS["rdf"]), "")
     for tag in CAPTION_FIELDS:
         target.append(_lang_alt(tag, caption))
+    target.set(WRITTEN_MARK, for_xml(caption))
     return _serialize(root, prefixes)
 
 
@@ -141,13 +196,16 @@ def _serialize(root: ET.Element, prefixes: dict[str, str]) -> str:
     return XPACKET_BEGIN + ET.tostring(root, encoding="unicode") + XPACKET_END
 
 
-def write_xmp(rows: list[dict[str, Any]], out_dir: str | None, replace_extension: bool) -> ExportReport:
-    report = ExportReport()
-    for row, target in _plan(rows, ".xmp", out_dir, replace_extension, report):
+def write_xmp(rows: list[dict[str, Any]], options: SidecarOptions) -> ExportReport:
+    report = ExportReport(dry_run=options.dry_run)
+    for row, target in _plan(rows, ".xmp", options.out_dir, options.replace_extension, report):
         if os.path.exists(target):
             try:
                 with open(target, encoding="utf-8") as fh:
-                    text = merge_xmp(fh.read(), row["caption"])
+                    text = merge_xmp(fh.read(), row["caption"], options.overwrite)
+            except UserText as exc:
+                report.skipped.append((row["path"], f"{os.path.basename(target)} kept: {exc}"))
+                continue
             except (ET.ParseError, ValueError, UnicodeDecodeError) as exc:
                 report.skipped.append((row["path"], f"existing {os.path.basename(target)} is not readable XMP"
                                                     f" ({exc}); left untouched"))
@@ -158,10 +216,10 @@ def write_xmp(rows: list[dict[str, Any]], out_dir: str | None, replace_extension
     return report
 
 
-def write_txt(rows: list[dict[str, Any]], out_dir: str | None) -> ExportReport:
+def write_txt(rows: list[dict[str, Any]], options: SidecarOptions) -> ExportReport:
     """Training-set sidecars: the caption alone in a .txt with the image's stem."""
-    report = ExportReport()
-    for row, target in _plan(rows, ".txt", out_dir, True, report):
+    report = ExportReport(dry_run=options.dry_run)
+    for row, target in _plan(rows, ".txt", options.out_dir, True, report):
         _write_sidecar(target, row["caption"].strip() + "\n", row["path"], report)
     return report
 
@@ -169,7 +227,8 @@ def write_txt(rows: list[dict[str, Any]], out_dir: str | None) -> ExportReport:
 def _write_sidecar(target: str, text: str, photo: str, report: ExportReport) -> None:
     existed = os.path.exists(target)
     try:
-        _atomic_write(target, text)
+        if not report.dry_run:
+            _atomic_write(target, text)
     except OSError as exc:
         report.skipped.append((photo, f"cannot write {target}: {exc.strerror or exc}"))
         return

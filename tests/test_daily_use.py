@@ -162,3 +162,54 @@ def test_a_budget_is_spent_not_merely_reserved(fake_openai, photos, tmp_path, db
     assert result.exit_code == 1 and summary["status"] == "budget" and summary["not_sent"] > 0
     spent = rows(db, "SELECT sum(cost_usd) AS s FROM captions")[0]["s"]
     assert 0.045 <= spent <= 0.05  # at least 90% of the budget used
+
+
+# -- a user's words are safe ----------------------------------------------------------------------
+
+
+USER_SIDECAR = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/">'
+                '<dc:description><rdf:Alt><rdf:li xml:lang="x-default">Grandma at the launch, 1969'
+                '</rdf:li></rdf:Alt></dc:description></rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+def test_export_never_replaces_a_description_a_person_wrote(fake_openai, photos, db):
+    run("caption", photos / "rocket.jpg", "-m", "gpt-4o-mini", "--db", db)
+    sidecar = photos / "rocket.jpg.xmp"
+    sidecar.write_text(USER_SIDECAR)
+    result = run("export", "--db", db, "--format", "xmp")
+    assert result.exit_code == 1 and "kept: it holds a description captioner did not write" in result.output
+    assert sidecar.read_text() == USER_SIDECAR
+
+
+def test_export_replaces_its_own_words_on_a_later_run(fake_openai, fake_gemini, photos, db):
+    run("caption", photos / "rocket.jpg", "-m", "gpt-4o-mini", "--db", db)
+    assert run("export", "--db", db, "--format", "xmp").exit_code == 0
+    first = (photos / "rocket.jpg.xmp").read_text()
+    fake_gemini.answer_override = lambda reply: {**reply, "candidates": [
+        {"content": {"parts": [{"text": "A newer caption."}]}, "finishReason": "STOP"}]}
+    run("caption", photos / "rocket.jpg", "-m", "gemini-2.5-flash-lite", "--db", db)
+    assert run("export", "--db", db, "--format", "xmp").exit_code == 0
+    second = (photos / "rocket.jpg.xmp").read_text()
+    assert "A newer caption." in second and first != second
+
+
+def test_export_limits_to_paths_and_dry_run_writes_nothing(fake_openai, photos, db):
+    run("caption", photos, "-m", "gpt-4o-mini", "--db", db)
+    dry = run("export", photos / "rocket.jpg", "--db", db, "--format", "xmp", "--dry-run")
+    assert dry.exit_code == 0 and f"would write {photos / 'rocket.jpg.xmp'}" in dry.output
+    assert "1 would be written" in dry.output and not list(photos.glob("*.xmp"))
+    run("export", photos / "rocket.jpg", "--db", db, "--format", "xmp")
+    assert [p.name for p in photos.glob("*.xmp")] == ["rocket.jpg.xmp"]
+
+
+def test_export_out_keeps_sub_folders_so_names_do_not_collide(fake_openai, photos, tmp_path, db):
+    for folder in ("2023", "2024"):
+        (photos / folder).mkdir()
+    shutil.copy(photos / "rocket.jpg", photos / "2023" / "IMG_0001.jpg")
+    shutil.copy(photos / "coffee.png", photos / "2024" / "IMG_0001.jpg")
+    run("caption", photos / "2023", photos / "2024", "-m", "gpt-4o-mini", "--db", db)
+    result = run("export", "--db", db, "--format", "txt", "--out", tmp_path / "dataset")
+    assert result.exit_code == 0, result.output
+    assert sorted(str(p.relative_to(tmp_path / "dataset")) for p in (tmp_path / "dataset").rglob("*.txt")) == [
+        "2023/IMG_0001.txt", "2024/IMG_0001.txt"]

@@ -159,8 +159,11 @@ def test_existing_xmp_is_merged_keeping_its_other_fields(captioned, db):
         '<dc:subject><rdf:Bag><rdf:li>dogs</rdf:li></rdf:Bag></dc:subject>'
         '<dc:description><rdf:Alt><rdf:li xml:lang="x-default">old text</rdf:li></rdf:Alt></dc:description>'
         '</rdf:Description></rdf:RDF></x:xmpmeta>')
-    result = run("export", "--db", db, "--format", "xmp")
-    assert "1 updated" in result.output
+    kept = run("export", "--db", db, "--format", "xmp")  # "old text" is a person's: kept by default
+    assert kept.exit_code == 1 and "did not write (--overwrite replaces it)" in kept.output
+    assert "old text" in existing.read_text()
+    result = run("export", "--db", db, "--format", "xmp", "--overwrite")
+    assert result.exit_code == 0 and "0 skipped" in result.output
     text = existing.read_text()
     assert 'xmp:Rating="4"' in text and "<rdf:li>dogs</rdf:li>" in text
     assert "old text" not in text and CAPTIONS["pug.heic"] in text
