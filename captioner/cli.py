@@ -132,7 +132,7 @@ def _display(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return report.plain_float(value)
     return for_terminal(str(value))
 
 
@@ -327,16 +327,8 @@ def cost(db, by, as_json):
     if as_json:
         print_json(rows)
         return
-    columns = {
-        "model": ["model"],
-        "run": ["run", "model", "status", "started_at"],
-        "day": ["day"],
-    }[by] + ["captions", "ok", "failed", "input_tokens", "output_tokens", "cost_usd", "cost_per_1000_images"]
-    if by == "model":
-        columns += ["estimated_input_per_image", "billed_input_per_image", "estimate_error_pct"]
-    if any(row["unpriced"] for row in rows):
-        columns.append("unpriced")
-    print_table(rows, columns)
+    display, columns = report.cost_table(rows, by)
+    print_table(display, columns)
 
 
 @cli.group(invoke_without_command=True)
@@ -461,8 +453,10 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
     if as_json:
         print_json(rows)
         return
-    print_table(rows, ["model", "images", "input_tokens_per_image", "input_tokens", "output_tokens", "cost_usd",
-                       "cost_per_1000_images", "batch_cost_usd"])
+    print_table([report.readable(r, money_columns=("cost_usd", "cost_per_1000_images", "batch_cost_usd"))
+                 for r in rows],
+                ["model", "images", "input_tokens_per_image", "input_tokens", "output_tokens", "cost_usd",
+                 "cost_per_1000_images", "batch_cost_usd"])
 
 
 @cli.command()
@@ -510,7 +504,8 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
         print_json({"sample": len(result.paths), "photos": result.total_photos, "models": result.rows})
         return
     click.echo(f"{len(result.paths)} sample photos of {result.total_photos}")
-    print_table(result.rows, COMPARE_COLUMNS)
+    money_columns = ("usd_per_image", "usd_per_1000", "projected_usd_all_photos")
+    print_table([report.readable(r, money_columns) for r in result.rows], COMPARE_COLUMNS)
     if html_file:
         click.echo(f"wrote {html_file}")
 
@@ -547,7 +542,7 @@ def export(paths, db, fmt, model_name, out, sidecar_name, overwrite, dry_run):
     store = open_store(db or config.default_db(), readonly=True)
     try:
         if fmt == "html":
-            text, count = exporting.html_gallery(store, model_name, paths)
+            text, count = exporting.html_gallery(store, model_name, paths, page_path=out)
         else:
             rows = exporting.only_under(list(exporting.newest_captions(store, model_name)), paths)
             count = len(rows)

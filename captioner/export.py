@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .gallery import GalleryItem, render
+from .gallery import GalleryItem, render, thumbnail_uri, thumbnails_beside
 from .store import PHOTO_CAPTIONS_JOIN, Store
 from .text import for_csv, for_xml
 
@@ -36,11 +36,14 @@ def newest_captions(store: Store, model: str | None = None) -> Iterator[dict[str
     )
 
 
-def html_gallery(store: Store, model: str | None = None, paths: tuple[str, ...] = ()) -> tuple[str, int]:
+def html_gallery(store: Store, model: str | None = None, paths: tuple[str, ...] = (),
+                 page_path: str | None = None) -> tuple[str, int]:
+    """The gallery page; written to a file, its thumbnails go in a folder beside it."""
     rows = only_under(list(newest_captions(store, model)), paths)
     items = [GalleryItem(r["path"], {r["model"]: ("ok", r["caption"])}) for r in rows]
     models = sorted({r["model"] for r in rows})
-    page = render(f"captioner gallery ({len(items)} photos)", items, models)
+    thumbnails = thumbnails_beside(page_path) if page_path else thumbnail_uri
+    page = render(f"captioner gallery ({len(items)} photos)", items, models, thumbnails=thumbnails)
     return page, len(items)
 
 

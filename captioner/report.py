@@ -247,3 +247,67 @@ def failure_rows(store: Store) -> list[dict[str, Any]]:
 
 def _like_prefix(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def plain_float(value: float) -> str:
+    """A float without scientific notation (`0.00004`, not `4e-05`)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    if abs(value) >= 1e6:
+        return f"{value:,.2f}"
+    text = f"{value:.8f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
+
+
+def readable(row: dict[str, Any], money_columns: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A row for a table people read: money as dollars ("unpriced" when unknown),
+    counts with thousands separators, no scientific notation."""
+    shown: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in money_columns:
+            shown[key] = money(value)
+        elif isinstance(value, bool) or value is None or isinstance(value, str):
+            shown[key] = value
+        elif isinstance(value, (int, float)):
+            shown[key] = number(value)
+        else:
+            shown[key] = value
+    return shown
+
+
+COST_HEADERS = {"ok": "ok", "failed": "failed", "input_tokens": "in tok", "output_tokens": "out tok",
+                "cost_usd": "cost", "cost_per_1000_images": "per 1,000", "estimate_error_pct": "est err%",
+                "unpriced": "unpriced"}
+
+
+def cost_table(rows: list[dict[str, Any]], by: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """`captioner cost` as a table under 100 columns, with a total row (`--json` has every field)."""
+    label = {"model": "model", "run": "run", "day": "day"}[by]
+    keys = ["ok", "failed", "input_tokens", "output_tokens", "cost_usd"]
+    if by == "model":
+        keys += ["cost_per_1000_images", "estimate_error_pct"]
+    if any(row["unpriced"] for row in rows):
+        keys.append("unpriced")
+    lead = [label, "model", "status"] if by == "run" else [label]
+    display = []
+    for row in rows:
+        shown = {column: row.get(column) for column in lead}
+        shown.update({COST_HEADERS[k]: _cost_cell(k, row.get(k)) for k in keys})
+        display.append(shown)
+    if len(rows) > 1:
+        total: dict[str, Any] = {label: "total"}
+        for key in ("ok", "failed", "input_tokens", "output_tokens", "unpriced"):
+            if key in keys:
+                total[COST_HEADERS[key]] = number(sum(r.get(key) or 0 for r in rows))
+        priced = [r["cost_usd"] for r in rows if r["cost_usd"] is not None]
+        total[COST_HEADERS["cost_usd"]] = money(sum(priced)) if priced else "unpriced"
+        display.append(total)
+    return display, lead + [COST_HEADERS[k] for k in keys]
+
+
+def _cost_cell(key: str, value: Any) -> Any:
+    if key in ("cost_usd", "cost_per_1000_images"):
+        return money(value)
+    if key == "estimate_error_pct":
+        return "" if value is None else f"{value:+.1f}"
+    return number(value)

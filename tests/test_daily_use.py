@@ -213,3 +213,37 @@ def test_export_out_keeps_sub_folders_so_names_do_not_collide(fake_openai, photo
     assert result.exit_code == 0, result.output
     assert sorted(str(p.relative_to(tmp_path / "dataset")) for p in (tmp_path / "dataset").rglob("*.txt")) == [
         "2023/IMG_0001.txt", "2024/IMG_0001.txt"]
+
+
+# -- readable numbers and pages ----------------------------------------------------------------------
+
+
+def test_cost_is_readable_fits_100_columns_and_has_a_total(fake_openai, fake_gemini, fake_ollama, photos, db):
+    for model in ("gpt-4.1-nano", "gemini-2.5-flash-lite", "ollama/llava:7b", "openai/some-local-model"):
+        run("caption", photos / "rocket.jpg", photos / "coffee.png", "-m", model, "--db", db)
+    for by in ("model", "run", "day"):
+        output = run("cost", "--db", db, "--by", by).output
+        assert all(len(line) <= 100 for line in output.splitlines()), output
+        assert "e-0" not in output and "e+" not in output
+    by_model = run("cost", "--db", db).output
+    assert by_model.splitlines()[-1].startswith("total")
+    assert "unpriced" in by_model  # openai/some-local-model has no price: never shown as $0
+    assert "$0.0000" in by_model or "$0.000" in by_model
+
+
+def test_the_summary_money_has_no_scientific_notation(fake_gemini, photos, db):
+    result = run("caption", photos / "rocket.jpg", "-m", "gemini-2.5-flash-lite", "--db", db)
+    cost_line = next(line for line in result.output.splitlines() if line.startswith("cost: "))
+    assert "e-" not in cost_line and "$0.0000" in cost_line
+
+
+def test_a_gallery_file_keeps_its_thumbnails_beside_it(fake_openai, photos, db, tmp_path):
+    run("caption", photos, "-m", "gpt-4o-mini", "--db", db)
+    page = tmp_path / "gallery.html"
+    assert run("export", "--db", db, "--format", "html", "--out", page).exit_code == 0
+    text = page.read_text()
+    assert "data:image" not in text and len(text) < 20_000
+    assert '<meta name="viewport"' in text and 'loading="lazy"' in text and "@media" in text
+    thumbs = list((tmp_path / "gallery_files").iterdir())
+    assert len(thumbs) == len(list(photos.iterdir()))
+    assert 'alt="photo ' in text  # the caption is the alt text
