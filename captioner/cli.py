@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -66,13 +68,38 @@ def _models_and_keys(names: tuple[str, ...], key: str | None = None, need_keys: 
     models = [resolve_model(n) for n in (names if names else (config.get_default_model(),))]
     keys = {}
     try:
+        if not names and need_keys and not key:
+            models = [_first_usable_default(models[0])]
         for model in models:
             keys[model.model_id] = config.resolve_key(model, key)
             if need_keys and model.needs_key and not keys[model.model_id]:
-                raise ConfigFailure(config.missing_key_message(model))
+                raise ConfigFailure(config.missing_key_message(model, _usable_instead()))
     except ConfigError as exc:
         raise ConfigFailure(str(exc)) from exc
     return models, keys
+
+
+def _usable_instead() -> str | None:
+    """A model whose key is set, to suggest when the one asked for has none."""
+    for name in config.DEFAULT_CANDIDATES:
+        candidate = resolve_model(name)
+        if config.resolve_key(candidate):
+            return candidate.model_id
+    return None
+
+
+def _first_usable_default(default):
+    """Without -m and without a chosen default, use the first model whose key is set
+    (the default model first), and say so."""
+    if not default.needs_key or config.resolve_key(default) or config.default_chosen():
+        return default
+    instead = _usable_instead()
+    if instead is None:
+        return default
+    model = resolve_model(instead)
+    click.echo(f"using {model.model_id}: {' or '.join(model.key_env)} is set, and no key for the default "
+               f"{default.model_id} (choose one with -m or `captioner models default`)", err=True)
+    return model
 
 
 def check_options(models, options: tuple[tuple[str, str], ...]) -> dict[str, str]:
@@ -234,9 +261,13 @@ def cli() -> None:
               help="Seconds to wait for one response")
 @click.option("--rpm", type=FiniteFloat(0.1, 1_000_000), help="At most this many requests per minute")
 @click.option("--backoff", type=FiniteFloat(0, 60), default=1.0, hidden=True)
+@click.option("-v", "--verbose", is_flag=True, help="Log each request (file, status, tokens, cost, time) to stderr")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Append the same log to FILE (never keys or image bytes)")
 @json_option("the summary")
 def caption(paths, model_name, prompt, system, options, db, key, concurrency, max_cost, limit,
-            max_side, include, exclude, max_file_mb, force, retry_failed, retries, timeout, rpm, backoff, as_json):
+            max_side, include, exclude, max_file_mb, force, retry_failed, retries, timeout, rpm, backoff,
+            verbose, log_file, as_json):
     """Caption every photo under PATHS and store the results.
 
     \b
@@ -262,7 +293,8 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
     )
     store = open_store(db or config.default_db())
     try:
-        summary = caption_paths(paths, model, store, settings, progress_factory=_progress_bar)
+        with request_log(verbose, log_file):
+            summary = caption_paths(paths, model, store, settings, progress_factory=_progress_bar)
     except sqlite3.Error as exc:
         raise ConfigFailure(f"cannot write to the database {os.path.abspath(store.path)}: {exc}") from exc
     finally:
@@ -279,9 +311,46 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
     if summary.status == "interrupted":
         sys.exit(EXIT_INTERRUPTED)
     if summary.status == "failed":
-        raise ConfigFailure(summary.message or "run failed")
+        raise ConfigFailure(_with_key_source(summary.message or "run failed", model, key))
     if summary.failed or summary.refused or summary.status == "budget" or summary.failed_before or nothing_found:
         sys.exit(EXIT_SOME_FAILED)
+
+
+@contextlib.contextmanager
+def request_log(verbose: bool, log_file: str | None) -> Iterator[None]:
+    """`-v` logs each request to stderr, `--log FILE` to a file; both go away after the command."""
+    logger = logging.getLogger("captioner")
+    handlers: list[logging.Handler] = []
+    if verbose:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    if log_file:
+        try:
+            handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigFailure(f"--log {log_file}: {exc.strerror or exc}") from exc
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    if handlers:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def _with_key_source(message: str, model: Any, key: str | None) -> str:
+    """A rejected key: say where it came from (never the key itself)."""
+    if "HTTP 401" not in message and "HTTP 403" not in message:
+        return message
+    found = config.key_and_source(model, key)
+    if found is None:
+        return message
+    source = found[1]
+    where = {"--key": "--key", "the keys file": f"the keys file {config.keys_path()}"}.get(source, f"${source}")
+    return f"{message} (the key came from {where})"
 
 
 def _progress_bar(total: int) -> Callable[[dict[str, Any]], None]:

@@ -21,6 +21,8 @@ import click
 from .models import Model
 
 DEFAULT_MODEL = "gemini-2.5-flash-lite"
+# Without -m and a chosen default, the first of these whose key is set is used.
+DEFAULT_CANDIDATES = ("gemini-2.5-flash-lite", "gpt-4.1-nano", "claude-haiku-4-5")
 DEFAULT_DB = "captions.db"
 
 
@@ -123,13 +125,22 @@ def key_and_source(model: Model, explicit: str | None = None) -> tuple[str, str]
     return None
 
 
-def missing_key_message(model: Model) -> str:
+def missing_key_message(model: Model, usable_instead: str | None = None) -> str:
     env = " or ".join(model.key_env) or "a key"
+    if usable_instead:
+        return (f"no API key for {model.model_id}: set {env} (or run `captioner keys set {model.key_name}`), "
+                f"or use -m {usable_instead}, whose key is set")
     return (
         f"no API key for {model.model_id}: set {env} (or run `captioner keys set "
         f"{model.key_name}`); for a local model use -m ollama/NAME, and "
         "`captioner estimate PATH` previews the cost offline"
     )
+
+
+def default_chosen() -> bool:
+    """Whether the user picked a default model (`captioner models default NAME`)."""
+    path = user_dir() / "default_model.txt"
+    return path.exists() and bool(path.read_text().strip())
 
 
 def get_default_model() -> str:

@@ -14,6 +14,7 @@ which the next run stores.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from .recipe import Recipe
 from .report import RunSummary
 from .store import Store, WriteFailed
 
+log = logging.getLogger("captioner")
 Progress = Callable[[dict[str, Any]], None]
 # A run this small prints its captions at the end; a larger one says where to look.
 SHOWN_ANSWERS = 20
@@ -118,6 +120,9 @@ class Ledger:
             await self.write(self.store.save_caption, image_id=image_id, result=result, **row)
         except WriteFailed:
             self._keep_for_recovery(image_id, result, row)
+        log.info("%s: %s, %s input / %s output tokens, %s, %s ms%s", path, result.status, result.input_tokens,
+                 result.output_tokens, "unpriced" if cost is None else f"${cost:.6f}", duration_ms,
+                 f" ({result.error})" if result.error else "")
         if len(summary.answers) <= SHOWN_ANSWERS:
             summary.answers.append((path, result.status, result.text if result.status == OK else result.error))
         if result.status == OK:

@@ -135,6 +135,10 @@ class Model:
         """Input tokens the provider bills for an image of this (prepared) size."""
         raise NotImplementedError
 
+    def connection_hint(self) -> str | None:
+        """What to check when the server cannot be reached (local servers say how to start them)."""
+        return None
+
     def max_output_tokens(self, options: Mapping[str, Any]) -> int:
         """The output cap a request is sent with (what the budget reserves for)."""
         return int(options.get("max_tokens", DEFAULT_MAX_TOKENS))

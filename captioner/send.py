@@ -17,6 +17,7 @@ a server that trickles bytes cannot hold a request for ever.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,8 @@ import httpx
 from .answers import checked, redact
 from .control import RunControl
 from .models import CaptionRequest, CaptionResult, Model, ProviderError
+
+log = logging.getLogger("captioner")
 
 
 @dataclass(frozen=True)
@@ -176,16 +179,26 @@ class Sender:
                     last_error = f"timed out after {policy.timeout:g}s"
                     maybe_billed = True
                 except httpx.TransportError as exc:
-                    last_error = redact(f"connection error: {exc.__class__.__name__}: {exc}", request.key)
-                    maybe_billed = True
+                    last_error = redact(self._connection_error(exc), request.key)
+                    maybe_billed = not isinstance(exc, httpx.ConnectError)  # never connected: never billed
                 except Exception as exc:  # a plugin's own bug must not end the run
                     last_error = redact(f"{self.model.model_id} failed: {exc.__class__.__name__}: {exc}",
                                         request.key)[:300]
                     break
             if attempt < policy.retries:
+                log.info("retrying after: %s", last_error)
                 await asyncio.sleep(
                     backoff_delay(attempt, policy.backoff_base, policy.backoff_cap, retry_after,
                                   policy.retry_after_cap)
                 )
         attempts = f" (after {attempt + 1} attempts)" if attempt else ""
         return NoAnswer(last_error + attempts, maybe_billed)
+
+    def _connection_error(self, exc: httpx.TransportError) -> str:
+        """Which URL failed and, where the model knows one, the likely fix."""
+        try:
+            url = f" to {exc.request.url.copy_with(query=None)}"
+        except RuntimeError:
+            url = ""
+        hint = self.model.connection_hint()
+        return f"connection error{url}: {exc.__class__.__name__}: {exc}" + (f" ({hint})" if hint else "")

@@ -247,3 +247,49 @@ def test_a_gallery_file_keeps_its_thumbnails_beside_it(fake_openai, photos, db, 
     thumbs = list((tmp_path / "gallery_files").iterdir())
     assert len(thumbs) == len(list(photos.iterdir()))
     assert 'alt="photo ' in text  # the caption is the alt text
+
+
+# -- help that helps --------------------------------------------------------------------------------
+
+
+def test_an_unreachable_ollama_names_the_url_and_the_fix(photos, db, monkeypatch):
+    monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:9")
+    result = run("caption", photos, "-m", "ollama/llava:7b", "--db", db, "--retries", "0", "--concurrency", "1")
+    assert result.exit_code == 2
+    assert "http://127.0.0.1:9/api/chat" in result.output
+    assert "is Ollama running at http://127.0.0.1:9?" in result.output
+
+
+def test_a_rejected_key_says_where_it_came_from_never_what_it_is(fake_openai, photos, db, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-wrong-key-12345")
+    fake_openai.fault_fn = lambda n: Fault(401, {"error": {"message": "Incorrect API key provided"}})
+    result = run("caption", photos, "-m", "gpt-4o-mini", "--db", db)
+    assert result.exit_code == 2 and "(the key came from $OPENAI_API_KEY)" in result.output
+    assert "wrong-key" not in result.output
+
+
+def test_verbose_and_log_record_each_request_without_keys(fake_openai, photos, db, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-in-env")
+    log = tmp_path / "run.log"
+    result = run("caption", photos / "rocket.jpg", "-m", "gpt-4o-mini", "--db", db, "-v", "--log", log)
+    assert result.exit_code == 0
+    assert "rocket.jpg: ok, " in result.output and " input / " in result.output and " ms" in result.output
+    text = log.read_text()
+    assert "rocket.jpg: ok" in text and "SECRET" not in text and "base64" not in text
+
+
+# -- first run ----------------------------------------------------------------------------------------
+
+
+def test_without_a_chosen_default_the_model_whose_key_is_set_is_used(fake_openai, photos, db):
+    result = run("caption", photos / "rocket.jpg", "--db", db)  # no GEMINI_API_KEY; OPENAI_API_KEY is set
+    assert result.exit_code == 0, result.output
+    assert "using gpt-4.1-nano: OPENAI_API_KEY is set" in result.output
+    assert rows(db, "SELECT model FROM captions")[0]["model"] == "gpt-4.1-nano"
+
+
+def test_with_a_chosen_default_and_no_key_the_model_that_would_work_is_named(fake_openai, photos, db):
+    run("models", "default", "claude-haiku-4-5")
+    result = run("caption", photos / "rocket.jpg", "--db", db)
+    assert result.exit_code == 2 and "or use -m gpt-4.1-nano, whose key is set" in result.output
+    assert fake_openai.received == []

@@ -105,6 +105,9 @@ class OllamaModel(HTTPModel):
     def endpoint(self) -> str:
         return ollama_base_url() + "/api/chat"
 
+    def connection_hint(self) -> str | None:
+        return f"is Ollama running at {ollama_base_url()}? start it with `ollama serve`, or set OLLAMA_HOST"
+
     def build_body(self, request: CaptionRequest) -> dict[str, Any]:
         options = self.typed_options(request)
         messages: list[dict[str, Any]] = []

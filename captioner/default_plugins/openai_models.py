@@ -204,6 +204,11 @@ class OpenAIChatModel(HTTPModel):
         base, per_tile = _longest_prefix(self.api_model, TILE_RATES) or (85, 170)
         return tile_tokens(width, height, base, per_tile, str(options.get("detail", "auto")))
 
+    def connection_hint(self) -> str | None:
+        if self.compatible:
+            return "is the OpenAI-compatible server running? OPENAI_BASE_URL says where it is"
+        return None
+
     def endpoint(self) -> str:
         return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
 
