@@ -105,7 +105,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
     handled = summary.ok + summary.failed + summary.refused
     lines = []
     if summary.answers and handled <= len(summary.answers):
-        for path, status, text in summary.answers:
+        for path, status, text in sorted(summary.answers):
             lines += [path, f"    {text or ''}" if status == "ok" else f"    [{status}] {text or ''}"]
         lines.append("")
     lines += [
