@@ -69,7 +69,7 @@ def checked(result: Any, max_output_tokens: int | None = None) -> CaptionResult:
         if value is not None and count is None:
             notes.append(f"{name}={_short(value)}")
         fields[name] = count
-    for name in ("cache_read_tokens", "cache_write_tokens"):
+    for name in ("cache_read_tokens", "cache_write_tokens", "audio_tokens"):
         fields[name] = token_count(getattr(result, name), MAX_INPUT_TOKENS) or 0
     output = fields["output_tokens"]
     if max_output_tokens is not None and output is not None and output > max_output_tokens * 2 + 100:

@@ -25,13 +25,14 @@ from .compare import compare as compare_models
 from .compare import render_page
 from .config import ConfigError
 from .options import OptionError
-from .pipeline import DEFAULT_PROMPT, RunSettings, caption_paths
+from .pipeline import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT, RunSettings, caption_paths
 from .plugins import UnknownModel, discovered_models, get_model, listed_models
 from .scan import DEFAULT_MAX_FILE_BYTES
 from .search import MARK_END, MARK_START, Interrupted, QueryError, interruptible, run_sql
 from .search import search as search_captions
 from .store import Store, StoreError
 from .text import for_csv, for_terminal
+from .video import DEFAULT_MAX_VIDEO_SECONDS
 
 EXIT_SOME_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -229,6 +230,12 @@ selection_options = stack(
                  default=DEFAULT_MAX_FILE_BYTES // 2**20, show_default=True, metavar="MB",
                  help="Skip files larger than this (never read into memory)"),
 )
+video_options = stack(
+    click.option("--no-videos", is_flag=True, help="Leave video clips out (photos only)"),
+    click.option("--max-video-seconds", type=FiniteFloat(1, 36_000), default=DEFAULT_MAX_VIDEO_SECONDS,
+                 show_default=True, metavar="S",
+                 help="Longest stretch of a clip a model that watches video is sent (frames always span it all)"),
+)
 max_side_option = click.option("--max-side", type=click.IntRange(64, 8192), metavar="PX",
                                help="Long side of the image sent [default: the model's, usually 1024]")
 concurrency_option = click.option("--concurrency", type=click.IntRange(1, 512), default=8, show_default=True,
@@ -253,6 +260,11 @@ def cli() -> None:
 @click.option("--limit", type=click.IntRange(0, 10**9), help="Caption at most N new images")
 @max_side_option
 @selection_options
+@video_options
+@click.option("--video-prompt", callback=utf8_text,
+              help="What to ask about each video clip [default: -p if given, else a clip description]")
+@click.option("--live-photos", type=click.Choice(["skip", "separate"]), default="skip", show_default=True,
+              help="A still and a clip of the same name are one moment: caption the still only, or both")
 @click.option("--force", is_flag=True, help="Caption again even if already captioned")
 @click.option("--retry-failed", is_flag=True, help="Try images that failed before again")
 @click.option("--retries", type=click.IntRange(0, 20), default=4, show_default=True,
@@ -266,8 +278,8 @@ def cli() -> None:
               help="Append the same log to FILE (never keys or image bytes)")
 @json_option("the summary")
 def caption(paths, model_name, prompt, system, options, db, key, concurrency, max_cost, limit,
-            max_side, include, exclude, max_file_mb, force, retry_failed, retries, timeout, rpm, backoff,
-            verbose, log_file, as_json):
+            max_side, include, exclude, max_file_mb, no_videos, max_video_seconds, video_prompt, live_photos,
+            force, retry_failed, retries, timeout, rpm, backoff, verbose, log_file, as_json):
     """Caption every photo under PATHS and store the results.
 
     \b
@@ -289,7 +301,9 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
         prompt=prompt, system=system, options=options, key=keys[model.model_id], max_side=max_side,
         concurrency=concurrency, limit=limit, force=force, retry_failed=retry_failed,
         max_cost=max_cost, retries=retries, timeout=timeout, backoff_base=backoff, rpm=rpm,
-        include=include, exclude=exclude, max_file_bytes=max_file_mb * 2**20,
+        include=include, exclude=exclude, max_file_bytes=max_file_mb * 2**20, videos=not no_videos,
+        max_video_seconds=max_video_seconds, live_photos=live_photos,
+        video_prompt=video_prompt or (prompt if prompt != DEFAULT_PROMPT else DEFAULT_VIDEO_PROMPT),
     )
     store = open_store(db or config.default_db())
     try:
@@ -379,8 +393,8 @@ def _progress_bar(total: int) -> Callable[[dict[str, Any]], None]:
 
 @cli.command()
 @db_option
-@click.option("--by", type=click.Choice(["model", "run", "day"]), default="model", show_default=True,
-              help="Group the totals by model, run or day (UTC)")
+@click.option("--by", type=click.Choice(["model", "run", "day", "kind"]), default="model", show_default=True,
+              help="Group the totals by model, run, day (UTC) or kind (photos, videos)")
 @json_option("the rows")
 def cost(db, by, as_json):
     """What the stored captions cost, by model, run or day.
@@ -499,10 +513,12 @@ def keys_path():
               show_default=True, help="Assumed length of each caption")
 @max_side_option
 @selection_options
+@video_options
+@click.option("--video-prompt", callback=utf8_text, help="What to ask about each video clip")
 @json_option("the estimates")
 def estimate(paths, model_names, prompt, system, options, output_tokens, max_side, include, exclude, max_file_mb,
-             as_json):
-    """Predict the cost of captioning PATHS, offline (reads image headers only).
+             no_videos, max_video_seconds, video_prompt, as_json):
+    """Predict the cost of captioning PATHS, offline (reads image headers and video containers only).
 
     \b
     Examples:
@@ -515,7 +531,10 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
     try:
         results = estimating.estimate(paths, models, prompt=prompt, system=system, options=options,
                                       output_tokens=output_tokens, max_side=max_side, include=include,
-                                      exclude=exclude, max_bytes=max_file_mb * 2**20)
+                                      exclude=exclude, max_bytes=max_file_mb * 2**20, videos=not no_videos,
+                                      max_video_seconds=max_video_seconds,
+                                      video_prompt=video_prompt or (prompt if prompt != DEFAULT_PROMPT
+                                                                    else DEFAULT_VIDEO_PROMPT))
     except ConfigError as exc:
         raise ConfigFailure(str(exc)) from exc
     rows = [r.to_dict() for r in results]
@@ -524,7 +543,7 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
         return
     print_table([report.readable(r, money_columns=("cost_usd", "cost_per_1000_images", "batch_cost_usd"))
                  for r in rows],
-                ["model", "images", "input_tokens_per_image", "input_tokens", "output_tokens", "cost_usd",
+                ["model", "images", "videos", "input_tokens_per_image", "input_tokens", "output_tokens", "cost_usd",
                  "cost_per_1000_images", "batch_cost_usd"])
 
 

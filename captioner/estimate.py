@@ -17,6 +17,15 @@ from . import pricing
 from .media import ImageError, header_facts, sent_size
 from .models import Model
 from .scan import DEFAULT_MAX_FILE_BYTES, Found, scan
+from .video import (
+    DEFAULT_MAX_VIDEO_SECONDS,
+    VideoFacts,
+    frame_count,
+    frame_size,
+    probe,
+    send_mode,
+    sheet_size,
+)
 
 DEFAULT_OUTPUT_TOKENS = 100
 
@@ -24,7 +33,8 @@ DEFAULT_OUTPUT_TOKENS = 100
 @dataclass
 class ModelEstimate:
     model: str
-    images: int = 0
+    images: int = 0  # photos and clips
+    videos: int = 0
     unreadable: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -35,6 +45,7 @@ class ModelEstimate:
         return {
             "model": self.model,
             "images": self.images,
+            "videos": self.videos,
             "unreadable": self.unreadable,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
@@ -45,12 +56,14 @@ class ModelEstimate:
         }
 
 
-def image_headers(paths: Iterable[Found], threads: int = 8) -> list[tuple[int, int, str, int] | None]:
-    """Header facts for every file, None where unreadable (threads hide file-system latency)."""
+def image_headers(paths: Iterable[Found], threads: int = 8
+                  ) -> list[tuple[int, int, str, int] | VideoFacts | None]:
+    """Header facts for every file (a clip's from its container), None where unreadable
+    (threads hide file-system latency)."""
 
-    def facts(found: Found):
+    def facts(found: Found) -> tuple[int, int, str, int] | VideoFacts | None:
         try:
-            return header_facts(found.path)
+            return probe(found.path) if found.kind == "video" else header_facts(found.path)
         except ImageError:
             return None
 
@@ -65,6 +78,17 @@ def input_tokens_for(model: Model, width: int, height: int, fmt: str, frames: in
     return pricing.estimated_input_tokens(model, *sent, options, prompt, system)
 
 
+def clip_tokens(model: Model, facts: VideoFacts, max_side: int, options: dict[str, str], prompt: str,
+                system: str | None, max_seconds: float) -> tuple[int, int]:
+    """(input tokens, of which audio) for a clip known by its container: what
+    `prepare_video` will send this model, priced by the model's own rules."""
+    mode = send_mode(model.accepts_video, model.max_images, options)
+    count = frame_count(min(facts.duration_s, max_seconds) if mode.native else facts.duration_s, mode.frames)
+    frames = [frame_size(facts, max_side)] * count
+    return pricing.estimated_video_tokens(model, mode, min(facts.duration_s, max_seconds), facts.has_audio, frames,
+                                          sheet_size(facts, count, max_side), options, prompt, system)
+
+
 def estimate(
     roots: Sequence[str],
     models: Sequence[Model],
@@ -77,28 +101,38 @@ def estimate(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    video_prompt: str | None = None,
+    max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS,
+    videos: bool = True,
 ) -> list[ModelEstimate]:
     options = options or {}
-    found = [item for item in scan(roots, include, exclude, max_bytes=max_bytes) if isinstance(item, Found)]
+    found = [item for item in scan(roots, include, exclude, max_bytes=max_bytes, videos=videos)
+             if isinstance(item, Found)]
     headers = image_headers(found)
     user_prices = pricing.load_user_prices()
     results = []
     for model in models:
         result = ModelEstimate(model.model_id)
-        price_cache: dict[int, float | None] = {}
+        price_cache: dict[tuple[int, int], float | None] = {}
         for facts in headers:
             if facts is None:
                 result.unreadable += 1
                 continue
-            tokens = input_tokens_for(model, *facts, max_side, options, prompt, system)
+            audio = 0
+            if isinstance(facts, VideoFacts):
+                tokens, audio = clip_tokens(model, facts, max_side or model.max_side, options,
+                                            video_prompt or prompt, system, max_video_seconds)
+                result.videos += 1
+            else:
+                tokens = input_tokens_for(model, *facts, max_side, options, prompt, system)
             result.images += 1
             result.input_tokens += tokens
             result.output_tokens += output_tokens
-            if tokens not in price_cache:  # priced per image: tiers apply per request
-                price_cache[tokens] = pricing.price_request(
-                    model, tokens, output_tokens, user_prices=user_prices
+            if (tokens, audio) not in price_cache:  # priced per image: tiers apply per request
+                price_cache[(tokens, audio)] = pricing.price_request(
+                    model, tokens, output_tokens, user_prices=user_prices, audio_tokens=audio
                 ).cost_usd
-            cost = price_cache[tokens]
+            cost = price_cache[(tokens, audio)]
             result.cost_usd = None if cost is None or result.cost_usd is None else result.cost_usd + cost
         if result.cost_usd is not None and model.batch_discount:
             result.batch_cost_usd = result.cost_usd * model.batch_discount

@@ -24,7 +24,8 @@ def newest_captions(store: Store, model: str | None = None) -> Iterator[dict[str
     model), through the content hash so copies of a photo share its caption."""
     model_filter = "AND c2.model = :model" if model else ""
     yield from store.query(
-        f"""SELECT i.path, i.taken_at, i.width, i.height, i.camera_make, i.camera_model, i.gps_lat, i.gps_lon,
+        f"""SELECT i.path, i.kind, i.duration_s, i.taken_at, i.width, i.height, i.camera_make, i.camera_model,
+                   i.gps_lat, i.gps_lon,
                    c.model, c.prompt, c.caption, c.input_tokens, c.output_tokens, c.cost_usd, c.created_at
             FROM {PHOTO_CAPTIONS_JOIN}
             WHERE c.id = (
@@ -40,7 +41,7 @@ def html_gallery(store: Store, model: str | None = None, paths: tuple[str, ...] 
                  page_path: str | None = None) -> tuple[str, int]:
     """The gallery page; written to a file, its thumbnails go in a folder beside it."""
     rows = only_under(list(newest_captions(store, model)), paths)
-    items = [GalleryItem(r["path"], {r["model"]: ("ok", r["caption"])}) for r in rows]
+    items = [GalleryItem(r["path"], {r["model"]: ("ok", r["caption"])}, r.get("duration_s")) for r in rows]
     models = sorted({r["model"] for r in rows})
     thumbnails = thumbnails_beside(page_path) if page_path else thumbnail_uri
     page = render(f"captioner gallery ({len(items)} photos)", items, models, thumbnails=thumbnails)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .media import ImageError, prepare_image, read_file
+from .scan import sniff_video
+from .video import poster_jpeg
 
 THUMB_SIDE = 320
 
@@ -34,6 +36,9 @@ table.costs th:first-child, table.costs td:first-child { text-align: left; }
 .caption { margin: .2rem 0 .8rem; }
 .model { font-weight: 600; font-size: 13px; color: #555; }
 .status { color: #a00; }
+.poster { position: relative; display: inline-block; }
+.badge { position: absolute; right: .3rem; bottom: .3rem; background: rgba(0,0,0,.7); color: #fff;
+         font: 12px monospace; padding: 0 .3rem; border-radius: .2rem; }
 """
 
 
@@ -41,13 +46,19 @@ table.costs th:first-child, table.costs td:first-child { text-align: left; }
 class GalleryItem:
     path: str
     captions: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # model -> (status, text)
+    duration_s: float | None = None  # a clip's length, shown as a badge on its poster frame
 
 
 Thumbnails = Callable[[str], "str | None"]
 
 
 def thumbnail_jpeg(path: str) -> bytes | None:
+    """A small JPEG of a photo, or of a clip's middle frame (its poster)."""
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+        if sniff_video(head):
+            return poster_jpeg(path, THUMB_SIDE)
         data, _ = read_file(path)
         return prepare_image(data, THUMB_SIDE).jpeg
     except (OSError, ImageError):
@@ -113,6 +124,10 @@ def render(title: str, items: Sequence[GalleryItem], models: Sequence[str],
                    os.path.basename(item.path))
         image = (f'<img src="{html.escape(uri)}" alt="{html.escape(alt[:300])}" loading="lazy">' if uri
                  else "<p>(no preview)</p>")
+        if item.duration_s is not None:
+            seconds = round(item.duration_s)
+            badge = f'<span class="badge">▶ {seconds // 60}:{seconds % 60:02d}</span>'
+            image = f'<span class="poster">{image}{badge}</span>'
         parts.append(f'<div class="photo"><div>{image}<div class="path">{html.escape(item.path)}</div></div><div>')
         for model in [m for m in models if m in item.captions] if not table else models:
             status, text = item.captions.get(model, ("missing", None))

@@ -116,3 +116,10 @@ async def post_capped(client: httpx.AsyncClient, url: str, body: str, headers: d
 def jpeg_base64(request: CaptionRequest) -> str:
     """The request's image as base64 text, as every JSON wire format wants it."""
     return base64.b64encode(request.jpeg).decode("ascii")
+
+
+def images_base64(request: CaptionRequest) -> list[str]:
+    """Every image the request carries, as base64: a clip's frames when it was
+    sent as several images, else the one image (a photo, or a clip's contact sheet)."""
+    frames = [part.data for part in request.media if getattr(part, "kind", None) == "image"]
+    return [base64.b64encode(data).decode("ascii") for data in frames] or [jpeg_base64(request)]

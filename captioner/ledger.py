@@ -45,6 +45,7 @@ class HeldFailure:
     path: str
     error: str
     estimated: int | None
+    recipe: Recipe | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class Ledger:
         self.files[image_id] = file
 
     async def record(self, image_id: int, path: str, result: CaptionResult, duration_ms: int | None,
-                     estimated: int | None = None) -> float | None:
+                     estimated: int | None = None, recipe: Recipe | None = None) -> float | None:
         """Price, store and count one result. Returns its cost (None if unpriced or unbilled)."""
         summary = self.summary
         cost = price_in = price_out = None
@@ -102,6 +103,7 @@ class Ledger:
                 cache_read_tokens=result.cache_read_tokens,
                 cache_write_tokens=result.cache_write_tokens,
                 user_prices=self.user_prices,
+                audio_tokens=result.audio_tokens,
             )
             cost, price_in, price_out = request_cost.cost_usd, request_cost.price_in_per_m, request_cost.price_out_per_m
             summary.input_tokens += result.input_tokens or 0
@@ -109,7 +111,7 @@ class Ledger:
             summary.cost_usd += cost or 0.0
         row = {
             "run_id": summary.run_id,
-            **self.recipe.columns(),
+            **(recipe or self.recipe).columns(),
             "cost_usd": cost,
             "price_in_per_m": price_in,
             "price_out_per_m": price_out,
@@ -152,12 +154,13 @@ class Ledger:
             self.recovery_files.add(kept)
             self.kept_for_recovery += 1
 
-    async def record_no_answer(self, image_id: int, path: str, error: str, estimated: int | None) -> None:
+    async def record_no_answer(self, image_id: int, path: str, error: str, estimated: int | None,
+                               recipe: Recipe | None = None) -> None:
         """A request that got no answer: recorded failed, or held back while the run may be at fault."""
         if self.control.failed_without_answer(error):
-            self.held.append(HeldFailure(image_id, path, error, estimated))
+            self.held.append(HeldFailure(image_id, path, error, estimated, recipe))
         else:
-            await self.record(image_id, path, failed(error), None, estimated)
+            await self.record(image_id, path, failed(error), None, estimated, recipe)
 
     def not_sent(self, count: int = 1) -> None:
         self.summary.not_sent += count
@@ -183,7 +186,7 @@ class Ledger:
     async def _record_held(self) -> None:
         held, self.held = self.held, []
         for item in held:
-            await self.record(item.image_id, item.path, failed(item.error), None, item.estimated)
+            await self.record(item.image_id, item.path, failed(item.error), None, item.estimated, item.recipe)
 
 
 def failed(error: str) -> CaptionResult:

@@ -72,6 +72,15 @@ def read_file(path: str, max_bytes: int | None = None) -> tuple[bytes, str]:
     return bytes(buf), digest.hexdigest()
 
 
+def file_sha256(path: str) -> str:
+    """The sha256 of a file read in pieces (for video clips, which are never read whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def prepare_image(data: bytes, max_side: int = 1024) -> PreparedImage:
     """Decode `data` and return a JPEG no larger than `max_side` on its long side."""
     try:

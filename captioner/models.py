@@ -46,11 +46,15 @@ class CaptionRequest:
     system: str | None = None
     options: Mapping[str, str] = field(default_factory=dict)
     key: str | None = field(default=None, repr=False)
+    # For a video clip: `jpeg` is its contact sheet (what any model can take);
+    # `media` holds the clip itself or its frames, for models that declare they
+    # take them (`Model.accepts_video`, `Model.max_images`).
+    media: tuple[Any, ...] = ()
 
     def __repr__(self) -> str:
         return (f"CaptionRequest(jpeg=<{len(self.jpeg):,} bytes>, width={self.width}, height={self.height}, "
                 f"prompt={self.prompt[:60]!r}, system={self.system!r}, options={dict(self.options)!r}, "
-                f"key={'<set>' if self.key else None})")
+                f"media={list(self.media)!r}, key={'<set>' if self.key else None})")
 
 
 @dataclass
@@ -67,6 +71,7 @@ class CaptionResult:
     reasoning_tokens: int | None = None
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    audio_tokens: int = 0  # of the input, how many were audio (billed at the audio rate)
     usage: dict[str, Any] | None = None
     status: str = OK
     error: str | None = None
@@ -126,6 +131,12 @@ class Model:
     listed: bool = True
     batch_discount: float | None = None
     accepted_options: Sequence[Option] | None = None
+    accepts_video: bool = False  # takes a video clip itself (else frames are sent)
+    max_images: int = 1  # images one request may carry
+
+    def video_tokens(self, duration_s: float, has_audio: bool, options: Mapping[str, Any]) -> tuple[int, int]:
+        """(input tokens, of which audio) the provider bills for a clip it watches itself."""
+        raise NotImplementedError
 
     def validate_options(self, given: Mapping[str, str]) -> dict[str, Any]:
         """Typed option values; `OptionError` for an unknown key or a bad value."""

@@ -115,3 +115,10 @@ TEMPERATURE = Option("temperature", "float", "Sampling temperature", minimum=0, 
 TOP_P = Option("top_p", "float", "Nucleus sampling probability mass", minimum=0, maximum=1)
 TOP_K = Option("top_k", "int", "Sample from the K most likely tokens", minimum=1, maximum=1000)
 SEED = Option("seed", "int", "Random seed, for repeatable answers where the server supports it")
+
+# Video clips (see captioner.video): how many frames, and for models that watch video, how.
+VIDEO_FRAMES = Option("video_frames", "int", "Video clips: frames sampled across the clip (several images where the "
+                      "model takes them, else one contact sheet)", minimum=1, maximum=16)
+VIDEO_AUDIO = Option("video_audio", "str", "Video clips: send the sound too (on) or not (off)", choices=("on", "off"))
+VIDEO_MODE = Option("video_mode", "str", "Video clips: send the clip itself (native) or frames (frames)",
+                    choices=("native", "frames"))

@@ -32,18 +32,23 @@ from . import pricing
 from .budget import Budget
 from .control import RunControl
 from .ledger import Ledger, PhotoFile, failed
-from .media import ImageError, prepare_image, read_file
+from .media import ImageError, PreparedImage, file_sha256, prepare_image, read_file
 from .models import CaptionRequest, Model
 from .plan import Plan, make_plan
-from .recipe import recipe_for
+from .recipe import Recipe, recipe_for
 from .report import RunSummary
 from .scan import DEFAULT_MAX_FILE_BYTES, Found
 from .send import AdaptiveLimit, Answer, NoAnswer, NotSent, RateCap, RetryPolicy, Sender
 from .store import CLAIMED, DONE, Store, WriteFailed
+from .video import DEFAULT_MAX_VIDEO_SECONDS, MediaPart, PreparedVideo, prepare_video, send_mode
 
 DEFAULT_PROMPT = (
     "Describe this photo in one or two factual sentences: the main subject, the setting, "
     "and any legible text. Do not speculate."
+)
+DEFAULT_VIDEO_PROMPT = (
+    "Describe this video clip in one or two factual sentences: who or what is in it, what happens, "
+    "and where. Do not speculate."
 )
 
 Progress = Callable[[dict[str, Any]], None]
@@ -102,6 +107,10 @@ class RunSettings:
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    video_prompt: str = DEFAULT_VIDEO_PROMPT
+    max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS
+    videos: bool = True
+    live_photos: str = "skip"  # or "separate"
     prepare_threads: int = max(2, os.cpu_count() or 2)
 
     def retry_policy(self) -> RetryPolicy:
@@ -118,6 +127,9 @@ class Runner:
         self.progress: Progress = progress or (lambda update: None)
         self.max_side = settings.max_side or model.max_side
         self.recipe = recipe_for(model, settings.prompt, settings.system, settings.options, self.max_side)
+        self.video_mode = send_mode(model.accepts_video, model.max_images, settings.options)
+        video_options = {**settings.options, "max_video_seconds": f"{settings.max_video_seconds:g}"}
+        self.video_recipe = recipe_for(model, settings.video_prompt, settings.system, video_options, self.max_side)
         self.user_prices = pricing.load_user_prices()
         self.control = RunControl(model.model_id)
         self.budget = Budget(settings.max_cost, model, settings.options, self.user_prices)
@@ -127,7 +139,8 @@ class Runner:
 
     def plan(self, roots: Sequence[str]) -> Plan:
         s = self.settings
-        return make_plan(self.store, roots, self.recipe, force=s.force,
+        return make_plan(self.store, roots, self.recipe, video_recipe=self.video_recipe, videos=s.videos,
+                         live_photos=s.live_photos, force=s.force,
                          retry_failed=s.retry_failed, include=s.include, exclude=s.exclude, limit=s.limit,
                          max_bytes=s.max_file_bytes)
 
@@ -240,10 +253,14 @@ class Runner:
 
     async def _one(self, found: Found, sender: Sender, executor: ThreadPoolExecutor) -> None:
         """Read one file and caption its content unless it is done, in flight, or claimed elsewhere."""
-        s, recipe = self.settings, self.recipe.key
+        s = self.settings
+        recipe = (self.video_recipe if found.kind == "video" else self.recipe).key
         loop = asyncio.get_running_loop()
         try:
-            data, sha = await loop.run_in_executor(executor, read_file, found.path, s.max_file_bytes)
+            if found.kind == "video":  # hashed in pieces, prepared from the file: never held whole
+                data, sha = b"", await loop.run_in_executor(executor, file_sha256, found.path)
+            else:
+                data, sha = await loop.run_in_executor(executor, read_file, found.path, s.max_file_bytes)
         except OSError as exc:
             self.ledger.skipped(found.path, f"cannot read: {exc.strerror or exc}")
             return
@@ -285,25 +302,46 @@ class Runner:
             self.ledger.skipped(found.path, "being captioned by another captioner process")
             self.progress({"advance": 1})
 
+    def _prepare(self, found: Found, data: bytes) -> PreparedImage:
+        """(In a worker thread.) The photo resized, or the clip turned into what this model is sent."""
+        return _prepare_for(self, found, data)
+
+    def _estimate_and_media(self, prepared: PreparedImage, recipe: Recipe) -> tuple[int, tuple[MediaPart, ...]]:
+        """Estimated input tokens of the request, and the media parts it carries besides its image."""
+        s = self.settings
+        if not isinstance(prepared, PreparedVideo):
+            return pricing.estimated_input_tokens(self.model, prepared.sent_width, prepared.sent_height,
+                                                  s.options, recipe.prompt, recipe.system), ()
+        if prepared.clipped:
+            self.ledger.summary.clipped += 1
+        video = next((p for p in prepared.parts if p.kind == "video"), None)
+        estimated, _ = pricing.estimated_video_tokens(
+            self.model, self.video_mode, video.duration_s or 0 if video else prepared.duration_s,
+            bool(video and video.has_audio), [(p.width, p.height) for p in prepared.parts if p.kind == "image"],
+            (prepared.sent_width, prepared.sent_height), s.options, recipe.prompt, recipe.system)
+        return estimated, prepared.parts
+
     async def _caption_new(self, found: Found, data: bytes, sha: str, sender: Sender,
                            executor: ThreadPoolExecutor) -> None:
-        """Prepare, reserve, send and record one claimed image."""
+        """Prepare, reserve, send and record one claimed photo or clip."""
         s = self.settings
         loop = asyncio.get_running_loop()
+        recipe = self.video_recipe if found.kind == "video" else self.recipe
         try:
-            prepared = await loop.run_in_executor(executor, prepare_image, data, self.max_side)
+            prepared = await loop.run_in_executor(executor, self._prepare, found, data)
         except ImageError as exc:
-            image_id = await self.write(self.store.save_image, found.path, sha, found.size, found.mtime)
-            await self.ledger.record(image_id, found.path, failed(str(exc)), None)
+            image_id = await self.write(self.store.save_image, found.path, sha, found.size, found.mtime,
+                                        kind=found.kind)
+            await self.ledger.record(image_id, found.path, failed(str(exc)), None, recipe=recipe)
             return
         del data
-        image_id = await self.write(self.store.save_image, found.path, sha, found.size, found.mtime, prepared)
+        image_id = await self.write(self.store.save_image, found.path, sha, found.size, found.mtime, prepared,
+                                    kind=found.kind)
         self.ledger.know_file(image_id, PhotoFile(found.path, sha, found.size, found.mtime))
         if self.control.stopping:
             self.ledger.not_sent()
             return
-        estimated = pricing.estimated_input_tokens(self.model, prepared.sent_width, prepared.sent_height,
-                                                   s.options, s.prompt, s.system)
+        estimated, media = self._estimate_and_media(prepared, recipe)
         worst_case = self.budget.worst_case(estimated)
         reserved = 0.0
 
@@ -316,21 +354,32 @@ class Runner:
             return True
 
         request = CaptionRequest(jpeg=prepared.jpeg, width=prepared.sent_width, height=prepared.sent_height,
-                                 prompt=self.recipe.prompt, system=self.recipe.system, options=s.options, key=s.key)
+                                 prompt=recipe.prompt, system=recipe.system, options=s.options, key=s.key,
+                                 media=media)
         outcome = await sender.send(request, reserve if s.max_cost is not None else None)
         # What the budget counts as spent: the bill; or, where the bill is unknown
         # (untrusted usage, a timeout after sending), the whole reservation.
         spent: float | None = 0.0
         if isinstance(outcome, Answer):
-            spent = await self.ledger.record(image_id, found.path, outcome.result, outcome.duration_ms, estimated)
+            spent = await self.ledger.record(image_id, found.path, outcome.result, outcome.duration_ms, estimated,
+                                             recipe=recipe)
             if spent is None:
                 spent = reserved
         elif isinstance(outcome, NoAnswer):
-            await self.ledger.record_no_answer(image_id, found.path, outcome.error, estimated)
+            await self.ledger.record_no_answer(image_id, found.path, outcome.error, estimated, recipe=recipe)
             spent = reserved if outcome.maybe_billed else 0.0
         elif isinstance(outcome, NotSent):
             self.ledger.not_sent()
         await self.budget.settle(reserved, spent)
+
+
+def _prepare_for(runner: Runner, found: Found, data: bytes) -> PreparedImage:
+    s = runner.settings
+    if found.kind != "video":
+        return prepare_image(data, runner.max_side)
+    mode = runner.video_mode
+    return prepare_video(found.path, runner.max_side, frames=mode.frames, separate_frames=mode.separate_frames,
+                         native=mode.native, keep_audio=mode.keep_audio, max_seconds=s.max_video_seconds)
 
 
 def caption_paths(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +29,9 @@ def make_plan(
     roots: Sequence[str],
     recipe: Recipe,
     *,
+    video_recipe: Recipe | None = None,
+    videos: bool = True,
+    live_photos: str = "skip",
     force: bool = False,
     retry_failed: bool = False,
     include: Sequence[str] = (),
@@ -35,10 +39,15 @@ def make_plan(
     limit: int | None = None,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> Plan:
-    """Scan the roots against what the database already has for this recipe."""
-    done = None if force else store.done_index(recipe.key, retry_failed=retry_failed)
+    """Scan the roots against what the database already has for these recipes (photos, clips)."""
+    done = None
+    if not force:
+        done = store.done_index(recipe.key, retry_failed=retry_failed)
+        if video_recipe is not None and videos:
+            done = done.union(store.done_index(video_recipe.key, retry_failed=retry_failed))
     plan = Plan(done=done)
-    for item in scan(roots, include, exclude, done.path_done if done else None, max_bytes):
+    stills: set[tuple[str, str]] = set()
+    for item in scan(roots, include, exclude, done.path_done if done else None, max_bytes, videos=videos):
         if isinstance(item, Skipped):
             if item.reason == DONE:
                 plan.skipped_done += 1
@@ -47,7 +56,35 @@ def make_plan(
                 plan.skipped.append((item.path, item.reason))
         else:
             plan.todo.append(item)
+        if not isinstance(item, Skipped) or item.reason == DONE:
+            stills.add(_moment(item.path))
+    if live_photos == "skip":
+        plan.todo = [item for item in plan.todo if not _motion_part(item, stills, plan)]
     if limit is not None and len(plan.todo) > limit:
         plan.over_limit = len(plan.todo) - limit
         plan.todo = plan.todo[:limit]
     return plan
+
+
+STILL_SUFFIXES = {".heic", ".heif", ".jpg", ".jpeg", ".dng", ".avif"}
+
+
+def _moment(path: str) -> tuple[str, str]:
+    """A Live Photo's still and motion share a folder and a name: that pair is the moment."""
+    folder, name = os.path.split(path)
+    stem, suffix = os.path.splitext(name)
+    return (folder, stem.lower()) if suffix.lower() in STILL_SUFFIXES else ("", "")
+
+
+def _motion_part(item: Found, stills: set[tuple[str, str]], plan: Plan) -> bool:
+    """A short clip beside a still of the same name is the still's motion: skipped (the still is captioned)."""
+    if item.kind != "video":
+        return False
+    folder, name = os.path.split(item.path)
+    stem = os.path.splitext(name)[0]
+    if (folder, stem.lower()) not in stills:
+        return False
+    still = next((n for n in sorted(os.listdir(folder)) if os.path.splitext(n)[0].lower() == stem.lower()
+                  and os.path.splitext(n)[1].lower() in STILL_SUFFIXES), stem)
+    plan.skipped.append((item.path, f"motion part of {still} (--live-photos separate captions it)"))
+    return True

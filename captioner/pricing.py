@@ -62,6 +62,20 @@ def estimated_input_tokens(model: Model, sent_width: int, sent_height: int, opti
     return model.image_tokens(sent_width, sent_height, options) + prompt_tokens(prompt, system)
 
 
+def estimated_video_tokens(model: Model, mode: Any, seconds: float, has_audio: bool,
+                           frame_sizes: list[tuple[int, int]], sheet: tuple[int, int], options: Mapping[str, Any],
+                           prompt: str, system: str | None) -> tuple[int, int]:
+    """(input tokens, of which audio) for a clip: watched by the model itself
+    (`mode.native`), sent as several frames, or as one contact sheet."""
+    text = prompt_tokens(prompt, system)
+    if mode.native:
+        tokens, audio = model.video_tokens(seconds, has_audio and mode.keep_audio, options)
+        return tokens + text, audio
+    if mode.separate_frames:
+        return sum(model.image_tokens(w, h, options) for w, h in frame_sizes) + text, 0
+    return model.image_tokens(*sheet, options) + text, 0
+
+
 def per_thousand(cost_usd: float | None, images: int) -> float | None:
     """Cost per 1,000 images: the one definition every report uses. None when
     nothing was priced or there is nothing to divide by."""
@@ -103,6 +117,7 @@ def price_request(
     cache_read_tokens: int = 0,
     cache_write_tokens: int = 0,
     user_prices: dict[str, dict[str, float]] | None = None,
+    audio_tokens: int = 0,
 ) -> RequestCost:
     """The cost of one request. `input_tokens` counts every input token,
     cached ones included; `cache_*` say how many of them were cache reads/writes."""
@@ -113,7 +128,7 @@ def price_request(
         return RequestCost(cost, user["input"], user["output"], "user")
     if model.provider == "local":
         return RequestCost(0.0, 0.0, 0.0, "local")
-    calc = _calc(model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
+    calc = _calc(model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, audio_tokens)
     if calc is None:
         return UNKNOWN
     # The unit prices actually applied to this request (tiers included), so a
@@ -131,12 +146,14 @@ def unit_prices(model: Model) -> tuple[float, float] | None:
     return cost.price_in_per_m, cost.price_out_per_m
 
 
-def _calc(model: Model, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int):
+def _calc(model: Model, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int,
+          audio: int = 0):
     usage = Usage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cache_read_tokens=cache_read or None,
         cache_write_tokens=cache_write or None,
+        input_audio_tokens=min(audio, input_tokens) or None,
     )
     try:
         with warnings.catch_warnings():

@@ -36,6 +36,7 @@ class RunSummary:
     database: str = ""
     failed_before: int = 0  # photos skipped because they failed before (not retried)
     found: int = 0  # image files under the paths (done or not)
+    clipped: int = 0  # video clips longer than --max-video-seconds (sent in part)
     # What this run wrote, photo by photo (kept for small runs, to show at the end).
     answers: list[tuple[str, str, str | None]] = field(default_factory=list)
 
@@ -69,6 +70,7 @@ class RunSummary:
         }
 
 GROUPINGS = {
+    "kind": ("(SELECT kind FROM images WHERE images.id = c.image_id)", "kind"),
     "model": ("c.model", "model"),
     "run": ("c.run_id", "run"),
     "day": ("substr(c.created_at, 1, 10)", "day"),
@@ -123,6 +125,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
             lines.append(f"  failed: {path}: {error}")
         if len(summary.failures) > 20:
             lines.append(f"  ... and {len(summary.failures) - 20} more (see `captioner failures`)")
+    if summary.clipped:
+        lines.append(f"{plural(summary.clipped, 'clip')} longer than --max-video-seconds: only the start was sent")
     if summary.failed_before:
         lines.append(f"{plural(summary.failed_before, 'photo')} failed before and were not sent again: "
                      "see `captioner failures`, retry them with --retry-failed")
@@ -282,7 +286,7 @@ COST_HEADERS = {"ok": "ok", "failed": "failed", "input_tokens": "in tok", "outpu
 
 def cost_table(rows: list[dict[str, Any]], by: str) -> tuple[list[dict[str, Any]], list[str]]:
     """`captioner cost` as a table under 100 columns, with a total row (`--json` has every field)."""
-    label = {"model": "model", "run": "run", "day": "day"}[by]
+    label = by
     keys = ["ok", "failed", "input_tokens", "output_tokens", "cost_usd"]
     if by == "model":
         keys += ["cost_per_1000_images", "estimate_error_pct"]

@@ -22,8 +22,30 @@ from pathlib import Path
 
 # Far above any real photo (a 200-megapixel HEIC is about 100 MB); `--max-file-size` changes it.
 DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_VIDEO_BYTES = 64 * 1024**3
 NOT_IMAGE, EMPTY, DONE = "not an image", "empty file", "done"
 HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+
+
+# ISO base media (MP4/MOV/3GP) brands that are video; audio-only brands (M4A, M4B) are not.
+AUDIO_BRANDS = {b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "}
+QUICKTIME_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
+
+
+def sniff_video(head: bytes) -> str | None:
+    """The video container these leading bytes announce, or None."""
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in HEIF_BRANDS or brand in AUDIO_BRANDS:
+            return None
+        return "MOV" if brand == b"qt  " else "MP4"
+    if head[4:8] in QUICKTIME_ATOMS:
+        return "MOV"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "MKV"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "AVI"
+    return None
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -47,11 +69,12 @@ def sniff_format(head: bytes) -> str | None:
 
 @dataclass(frozen=True)
 class Found:
-    """A file under a root that may be a photo."""
+    """A file under a root that may be a photo or a video clip."""
 
     path: str
     size: int
     mtime: float
+    kind: str = "image"  # or "video"
 
 
 @dataclass(frozen=True)
@@ -113,9 +136,12 @@ def scan(
     exclude: Iterable[str] = (),
     is_done: Callable[[str, int, float], bool] | None = None,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    videos: bool = True,
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
 ) -> Iterator[Found | Skipped]:
-    """Yield every candidate photo under `roots` as `Found`, and everything
-    passed over for a reason the user may want to know as `Skipped`.
+    """Yield every candidate photo (and video clip, unless `videos` is False)
+    under `roots` as `Found`, and everything passed over for a reason the user
+    may want to know as `Skipped`.
 
     `is_done(path, size, mtime)` lets the caller say a file is already handled;
     such files are skipped before their bytes are read.
@@ -145,11 +171,11 @@ def scan(
                 continue
             if exclude and _matches(rel, exclude):
                 continue
-            yield from _check(path, is_done, max_bytes)
+            yield from _check(path, is_done, max_bytes, videos, max_video_bytes)
 
 
-def _check(path: str, is_done: Callable[[str, int, float], bool] | None, max_bytes: int
-           ) -> Iterator[Found | Skipped]:
+def _check(path: str, is_done: Callable[[str, int, float], bool] | None, max_bytes: int, videos: bool = True,
+           max_video_bytes: int = 0) -> Iterator[Found | Skipped]:
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
@@ -166,16 +192,22 @@ def _check(path: str, is_done: Callable[[str, int, float], bool] | None, max_byt
     if is_done is not None and is_done(path, st.st_size, st.st_mtime):
         yield Skipped(path, DONE)
         return
-    if st.st_size > max_bytes:
-        yield Skipped(path, f"larger than the {max_bytes / 2**20:,.0f} MB limit (--max-file-size)")
-        return
     try:
         with open(path, "rb") as fh:
             head = fh.read(32)
     except OSError as exc:
         yield Skipped(path, f"cannot read: {exc.strerror or exc}")
         return
-    if sniff_format(head) is None:
+    kind = "image" if sniff_format(head) else "video" if sniff_video(head) else None
+    if kind is None:
         yield Skipped(path, NOT_IMAGE if head else EMPTY)
         return
-    yield Found(path, st.st_size, st.st_mtime)
+    if kind == "video" and not videos:
+        yield Skipped(path, "video (--no-videos)")
+        return
+    # A video is read in pieces, never whole, so its cap is the larger one.
+    limit = max(max_bytes, max_video_bytes) if kind == "video" else max_bytes
+    if st.st_size > limit:
+        yield Skipped(path, f"larger than the {limit / 2**20:,.0f} MB limit (--max-file-size)")
+        return
+    yield Found(path, st.st_size, st.st_mtime, kind)

@@ -80,7 +80,7 @@ PHOTO_CAPTIONS_VIEW = """CREATE VIEW photo_captions AS
            i.gps_lat, i.gps_lon, i.width, i.height,
            c.model, c.prompt, c.caption, c.status, c.error,
            c.input_tokens, c.output_tokens, c.cost_usd, c.created_at AS captioned_at,
-           c.id AS caption_id, i.id AS image_id, c.system, c.recipe
+           c.id AS caption_id, i.id AS image_id, c.system, c.recipe, i.kind, i.duration_s
     FROM """ + PHOTO_CAPTIONS_JOIN + """
     WHERE NOT (c.status = 'failed' AND EXISTS (
         SELECT 1 FROM captions later JOIN images k ON k.id = later.image_id
@@ -211,7 +211,16 @@ MIGRATIONS: list[tuple[str, list[str | Callable[[sqlite3.Connection], None]]]] =
     ),
     (
         "photo_captions hides failed rows a later answer replaced; shows system and recipe",
-        ["DROP VIEW photo_captions", PHOTO_CAPTIONS_VIEW],
+        ["DROP VIEW photo_captions", PHOTO_CAPTIONS_VIEW.replace(", i.kind, i.duration_s", "")],
+    ),
+    (
+        "videos: images.kind ('image' or 'video') and images.duration_s; photo_captions carries both",
+        [
+            "ALTER TABLE images ADD COLUMN kind TEXT NOT NULL DEFAULT 'image'",
+            "ALTER TABLE images ADD COLUMN duration_s REAL",
+            "DROP VIEW photo_captions",
+            PHOTO_CAPTIONS_VIEW,
+        ],
     ),
 ]
 
@@ -233,6 +242,11 @@ class DoneIndex:
     shas: set[str] = field(default_factory=set)
     failed_shas: set[str] = field(default_factory=set)
     failed_paths: set[str] = field(default_factory=set)
+
+    def union(self, other: DoneIndex) -> DoneIndex:
+        """Both indexes at once (photos and clips have recipes of their own)."""
+        return DoneIndex({**self.by_path, **other.by_path}, self.shas | other.shas,
+                         self.failed_shas | other.failed_shas, self.failed_paths | other.failed_paths)
 
     def path_done(self, path: str, size: int, mtime: float) -> bool:
         known = self.by_path.get(path)
@@ -412,9 +426,12 @@ class Store:
     # -- writing ---------------------------------------------------------
 
     def save_image(
-        self, path: str, sha256: str, size: int, mtime: float, prepared: PreparedImage | None = None
+        self, path: str, sha256: str, size: int, mtime: float, prepared: PreparedImage | None = None,
+        kind: str | None = None,
     ) -> int:
         values: dict[str, Any] = {"path": path, "sha256": sha256, "size": size, "mtime": mtime}
+        if kind is not None:
+            values["kind"] = kind
         if prepared is not None:
             exif = prepared.exif
             values.update(
@@ -426,6 +443,7 @@ class Store:
                 camera_model=exif.camera_model,
                 gps_lat=exif.gps_lat,
                 gps_lon=exif.gps_lon,
+                duration_s=getattr(prepared, "duration_s", None),
             )
         columns = ", ".join(values)
         marks = ", ".join("?" * len(values))

@@ -26,6 +26,8 @@ from typing import Any
 
 from PIL import Image
 
+from clips import clip_facts
+
 
 def image_label(jpeg: bytes) -> str:
     """What the fake 'sees': a content hash and the pixel size."""
@@ -105,6 +107,10 @@ class FakeServer:
 
             def do_GET(self) -> None:
                 server._handle(self, None)
+
+            def do_DELETE(self) -> None:
+                status, payload, headers = server.answer_delete(self.path)
+                server._send(self, status, payload, headers)
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
@@ -230,6 +236,9 @@ class FakeServer:
     def answer(self, path: str, body: Any, images: list[bytes], headers: dict[str, str]) -> tuple[int, Any, dict]:
         raise NotImplementedError
 
+    def answer_delete(self, path: str) -> tuple[int, Any, dict]:
+        return 404, {"error": "not found"}, {}
+
     def answer_get(self, path: str) -> tuple[int, Any, dict]:
         return 404, {"error": "not found"}, {}
 
@@ -350,34 +359,103 @@ class FakeAnthropic(FakeServer):
 
 
 class FakeGemini(FakeServer):
-    """Gemini generateContent: POST /v1beta/models/{model}:generateContent, x-goog-api-key."""
+    """Gemini generateContent: POST /v1beta/models/{model}:generateContent, x-goog-api-key.
+
+    Videos come inline or through the Files API (resumable upload: start, then
+    upload+finalize; the file is PROCESSING for `processing_polls` GETs, then
+    ACTIVE; DELETE removes it). A clip is billed as Gemini bills it: 258 tokens a
+    second of video (66 at low media resolution) and 32 a second of audio."""
 
     def __init__(self, latency: float = 0.0, output_tokens: int = 22, thoughts_tokens: int = 0) -> None:
         super().__init__(latency)
         self.output_tokens = output_tokens
         self.thoughts_tokens = thoughts_tokens
+        self.files: dict[str, dict[str, Any]] = {}
+        self.deleted: list[str] = []
+        self.videos: list[bytes] = []  # every clip seen, inline or uploaded
+        self.processing_polls = 1
         self.answer_override: Callable[[dict], dict] | None = None
+
+    def answer_get(self, path):
+        name = path.removeprefix("/v1beta/")
+        file = self.files.get(name)
+        if file is None:
+            return 404, {"error": {"code": 404, "message": "no such file", "status": "NOT_FOUND"}}, {}
+        file["polls"] += 1
+        state = "ACTIVE" if file["polls"] > self.processing_polls else "PROCESSING"
+        return 200, {"name": name, "uri": f"{self.url}/v1beta/{name}", "state": state,
+                     "mimeType": file["mime"]}, {}
+
+    def answer_delete(self, path):
+        name = path.removeprefix("/v1beta/")
+        if self.files.pop(name, None) is None:
+            return 404, {"error": {"code": 404, "message": "no such file"}}, {}
+        self.deleted.append(name)
+        return 200, {}, {}
+
+    def _upload(self, path, body, headers):
+        if path == "/upload/v1beta/files" and headers.get("X-Goog-Upload-Command") == "start":
+            session = f"s{len(self.files) + len(self.deleted) + 1}"
+            self.files[f"files/{session}"] = {"data": b"", "mime": headers.get("X-Goog-Upload-Header-Content-Type"),
+                                              "polls": 0, "size": int(headers["X-Goog-Upload-Header-Content-Length"])}
+            return 200, {}, {"X-Goog-Upload-URL": f"{self.url}/upload/session/{session}",
+                             "X-Goog-Upload-Status": "active"}
+        name = "files/" + path.rsplit("/", 1)[1]
+        file = self.files[name]
+        file["data"] = body if isinstance(body, bytes) else json.dumps(body).encode()
+        assert len(file["data"]) == file["size"], "upload length differs from the announced one"
+        return 200, {"file": {"name": name, "uri": f"{self.url}/v1beta/{name}", "state": "PROCESSING",
+                              "mimeType": file["mime"]}}, {"X-Goog-Upload-Status": "final"}
+
+    def _clips(self, body) -> list[bytes]:
+        clips = []
+        for content in body.get("contents", []):
+            for part in content.get("parts", []):
+                inline = part.get("inline_data") or {}
+                if inline.get("mime_type", "").startswith("video/"):
+                    clips.append(base64.b64decode(inline["data"]))
+                uri = (part.get("file_data") or {}).get("file_uri")
+                if uri:
+                    name = uri.split("/v1beta/", 1)[1]
+                    assert self.files[name]["polls"] > self.processing_polls, "used before it was ACTIVE"
+                    clips.append(self.files[name]["data"])
+        return clips
 
     def extract_images(self, body: dict) -> list[bytes]:
         return [
             base64.b64decode(part["inline_data"]["data"])
             for content in body.get("contents", [])
             for part in content.get("parts", [])
-            if "inline_data" in part
+            if "inline_data" in part and part["inline_data"].get("mime_type", "").startswith("image/")
         ]
 
     def answer(self, path, body, images, headers):
+        if path.startswith("/upload/"):
+            return self._upload(path, body, headers)
         if not (path.startswith("/v1beta/models/") and path.endswith(":generateContent")):
             return 404, {"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}, {}
         text = " ".join(p.get("text", "") for c in body["contents"] for p in c["parts"])
-        usage = {"promptTokenCount": 258 * len(images) + text_tokens(text),
+        clips = self._clips(body)
+        self.videos.extend(clips)
+        video_tokens = audio_tokens = 0
+        low = body.get("generationConfig", {}).get("mediaResolution") == "low"
+        for clip in clips:
+            seconds, has_audio = clip_facts(clip)
+            video_tokens += (66 if low else 258) * math.ceil(seconds)
+            audio_tokens += 32 * math.ceil(seconds) if has_audio else 0
+        usage = {"promptTokenCount": 258 * len(images) + text_tokens(text) + video_tokens + audio_tokens,
                  "candidatesTokenCount": self.output_tokens,
                  "totalTokenCount": 0}
+        if clips:
+            usage["promptTokensDetails"] = [{"modality": "VIDEO", "tokenCount": video_tokens},
+                                            {"modality": "AUDIO", "tokenCount": audio_tokens}]
         if self.thoughts_tokens:
             usage["thoughtsTokenCount"] = self.thoughts_tokens
         usage["totalTokenCount"] = usage["promptTokenCount"] + self.output_tokens + self.thoughts_tokens
+        label = (f"video {hashlib.sha256(clips[0]).hexdigest()[:16]}" if clips
+                 else image_label(images[0]) if images else "?")
         reply = {
-            "candidates": [{"content": {"parts": [{"text": image_label(images[0]) if images else "?"}],
+            "candidates": [{"content": {"parts": [{"text": label}],
                                         "role": "model"}, "finishReason": "STOP", "index": 0}],
             "usageMetadata": usage,
             "modelVersion": path.split("/")[-1].split(":")[0],

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from captioner.hookspecs import hookimpl
-from captioner.http_model import HTTPModel, jpeg_base64
+from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
     FAILED,
     REFUSED,
@@ -30,7 +30,7 @@ from captioner.models import (
     error_message,
     usage_dict,
 )
-from captioner.options import MAX_TOKENS, TEMPERATURE, TOP_K, TOP_P
+from captioner.options import MAX_TOKENS, TEMPERATURE, TOP_K, TOP_P, VIDEO_FRAMES
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -48,7 +48,7 @@ def anthropic_image_tokens(width: int, height: int) -> int:
     return math.ceil(w * h / 750)
 
 
-OPTIONS = (MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K)
+OPTIONS = (MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, VIDEO_FRAMES)
 
 
 def map_error(response: httpx.Response) -> ProviderError:
@@ -112,6 +112,7 @@ class ClaudeModel(HTTPModel):
     provider = "anthropic"
     batch_discount = 0.5  # the provider's Batch API halves both prices
     key_name = "anthropic"
+    max_images = 20
     key_env = ("ANTHROPIC_API_KEY",)
     accepted_options = OPTIONS
     map_error = staticmethod(map_error)
@@ -144,10 +145,8 @@ class ClaudeModel(HTTPModel):
                 {
                     "role": "user",
                     "content": [
-                        {
-                            "type": "image",
-                            "source": {"type": "base64", "media_type": "image/jpeg", "data": jpeg_base64(request)},
-                        },
+                        *({"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": data}}
+                          for data in images_base64(request)),
                         {"type": "text", "text": request.prompt},
                     ],
                 }

@@ -6,6 +6,11 @@ or `GOOGLE_API_KEY` and travels in the `x-goog-api-key` header (never the URL).
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
 import math
 import os
 import re
@@ -14,8 +19,9 @@ from typing import Any
 
 import httpx
 
+from captioner.answers import parse_json
 from captioner.hookspecs import hookimpl
-from captioner.http_model import HTTPModel, jpeg_base64
+from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
     BLOCKED,
     FAILED,
@@ -31,15 +37,32 @@ from captioner.models import (
     error_for_status,
     usage_dict,
 )
-from captioner.options import MAX_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, Option
+from captioner.options import (
+    MAX_TOKENS,
+    SEED,
+    TEMPERATURE,
+    TOP_K,
+    TOP_P,
+    VIDEO_AUDIO,
+    VIDEO_FRAMES,
+    VIDEO_MODE,
+    Option,
+)
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 TOKENS_PER_IMAGE = 258
+# Video: one frame a second at 258 tokens (66 at low media resolution), 32 a second of audio.
+LOW_VIDEO_TOKENS = 66
+AUDIO_TOKENS_PER_SECOND = 32
+# A request with the clip inline must stay under this; bigger clips go through the Files API.
+INLINE_LIMIT_BYTES = 20 * 1024 * 1024
+FILE_POLL_SECONDS = 1.0
+FILE_POLL_LIMIT = 300
 # Gemini 3 bills an image by its media resolution.
 MEDIA_RESOLUTION_TOKENS = {"low": 280, "medium": 560, "high": 1120}
 BLOCK_REASONS = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION", "IMAGE_SAFETY", "LANGUAGE"}
 OPTIONS = (
-    MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED,
+    MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED, VIDEO_FRAMES, VIDEO_AUDIO, VIDEO_MODE,
     Option("media_resolution", "str", "Image detail Gemini 3 bills by (low is cheapest)",
            choices=("low", "medium", "high")),
     Option("thinking_budget", "int", "Gemini 2.5: thinking tokens allowed (0 turns thinking off, -1 dynamic)",
@@ -140,6 +163,8 @@ def parse_response(body: Any) -> CaptionResult:
         output_tokens=add_tokens(usage.get("candidatesTokenCount"), thoughts),
         reasoning_tokens=(thoughts or 0) if usage else None,
         cache_read_tokens=usage.get("cachedContentTokenCount") or 0,
+        audio_tokens=sum(d.get("tokenCount") or 0 for d in map(as_dict, as_list(usage.get("promptTokensDetails")))
+                         if d.get("modality") == "AUDIO" and isinstance(d.get("tokenCount"), int)),
         usage=usage or None,
     )
     if block:
@@ -158,6 +183,8 @@ class GeminiModel(HTTPModel):
     key_name = "gemini"
     key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
     accepted_options = OPTIONS
+    accepts_video = True
+    max_images = 16
     map_error = staticmethod(map_error)
     parse_body = staticmethod(parse_response)
 
@@ -168,11 +195,30 @@ class GeminiModel(HTTPModel):
     def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
         return gemini_image_tokens(self.model_id, width, height, options)
 
+    def video_tokens(self, duration_s: float, has_audio: bool, options: Mapping[str, Any]) -> tuple[int, int]:
+        """Gemini samples a clip at 1 frame a second: 258 tokens a frame (66 with
+        media_resolution low), plus 32 a second of sound."""
+        seconds = max(1, math.ceil(duration_s))
+        per_frame = LOW_VIDEO_TOKENS if str(options.get("media_resolution", "")).lower() == "low" else TOKENS_PER_IMAGE
+        audio = AUDIO_TOKENS_PER_SECOND * seconds if has_audio else 0
+        return per_frame * seconds + audio, audio
+
     def endpoint(self) -> str:
-        base = (os.environ.get("GEMINI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        if not re.search(r"/v1(beta|alpha)?\d*$", base):
-            base += "/v1beta"
-        return f"{base}/models/{self.model_id}:generateContent"
+        return f"{api_base()}/models/{self.model_id}:generateContent"
+
+    async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
+        """A clip too big to send inline goes through the Files API first (and is deleted after)."""
+        video = next((part for part in request.media if part.kind == "video"), None)
+        if video is None or len(video.data) * 4 // 3 + 10_000 < INLINE_LIMIT_BYTES:
+            return await super().caption(request, client)
+        uploaded = await upload_file(client, video.data, video.mime_type, request.key)
+        try:
+            active = await wait_until_active(client, uploaded, request.key)
+            sent = dataclasses.replace(video, data=b"", uri=active["uri"])
+            return await super().caption(dataclasses.replace(request, media=(sent,)), client)
+        finally:
+            with contextlib.suppress(httpx.HTTPError):
+                await client.delete(f"{api_base()}/{uploaded['name']}", headers=self.request_headers(request.key))
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-goog-api-key": key}  # never in the URL, where logs would keep it
@@ -191,20 +237,77 @@ class GeminiModel(HTTPModel):
             if key in options:
                 generation[field] = options[key]
         body: dict[str, Any] = {
-            "contents": [
-                {
-                    "role": "user",
-                    "parts": [
-                        {"inline_data": {"mime_type": "image/jpeg", "data": jpeg_base64(request)}},
-                        {"text": request.prompt},
-                    ],
-                }
-            ],
+            "contents": [{"role": "user", "parts": [*media_parts(request), {"text": request.prompt}]}],
             "generationConfig": generation,
         }
         if request.system:
             body["systemInstruction"] = {"parts": [{"text": request.system}]}
         return body
+
+
+def media_parts(request: CaptionRequest) -> list[dict[str, Any]]:
+    """The clip itself (inline, or by its Files API URI), else the image(s)."""
+    for part in request.media:
+        if part.kind == "video":
+            if part.uri:
+                return [{"file_data": {"mime_type": part.mime_type, "file_uri": part.uri}}]
+            return [{"inline_data": {"mime_type": part.mime_type,
+                                     "data": base64.b64encode(part.data).decode("ascii")}}]
+    return [{"inline_data": {"mime_type": "image/jpeg", "data": data}} for data in images_base64(request)]
+
+
+def api_base() -> str:
+    base = (os.environ.get("GEMINI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    if not re.search(r"/v1(beta|alpha)?\d*$", base):
+        base += "/v1beta"
+    return base
+
+
+def _key_header(key: str | None) -> dict[str, str]:
+    return {"x-goog-api-key": key} if key else {}
+
+
+async def upload_file(client: httpx.AsyncClient, data: bytes, mime_type: str, key: str | None) -> dict[str, Any]:
+    """The Files API's resumable upload: start (the server answers with an upload
+    URL), then send the bytes and finalize. Returns the file resource."""
+    base = api_base()
+    root = re.sub(r"/v1(beta|alpha)?\d*$", "", base)
+    version = base[len(root):]
+    start = await client.post(
+        f"{root}/upload{version}/files",
+        headers={**_key_header(key), "X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start",
+                 "X-Goog-Upload-Header-Content-Length": str(len(data)),
+                 "X-Goog-Upload-Header-Content-Type": mime_type, "content-type": "application/json"},
+        content=json.dumps({"file": {"display_name": "captioner clip"}}),
+    )
+    upload_url = start.headers.get("x-goog-upload-url")
+    if start.status_code != 200 or not upload_url:
+        raise map_error(start) if start.status_code != 200 else ProviderError("Files API gave no upload URL",
+                                                                             retryable=True)
+    done = await client.post(upload_url, content=data,
+                             headers={**_key_header(key), "X-Goog-Upload-Offset": "0",
+                                      "X-Goog-Upload-Command": "upload, finalize"})
+    if done.status_code != 200:
+        raise map_error(done)
+    file = as_dict(parse_json(done.content).get("file"))
+    if not isinstance(file.get("name"), str):
+        raise ProviderError("Files API upload answered without a file name", retryable=True)
+    return file
+
+
+async def wait_until_active(client: httpx.AsyncClient, file: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """Poll the uploaded file until Gemini has processed it (state ACTIVE)."""
+    for _ in range(FILE_POLL_LIMIT):
+        if file.get("state") == "ACTIVE" and isinstance(file.get("uri"), str):
+            return file
+        if file.get("state") == "FAILED":
+            raise ProviderError(f"Gemini could not process the uploaded clip ({file.get('error')})")
+        await asyncio.sleep(FILE_POLL_SECONDS)
+        response = await client.get(f"{api_base()}/{file['name']}", headers=_key_header(key))
+        if response.status_code != 200:
+            raise map_error(response)
+        file = {**file, **as_dict(parse_json(response.content))}
+    raise ProviderError("the uploaded clip was still processing after the wait", retryable=True)
 
 
 @hookimpl

@@ -14,7 +14,7 @@ import httpx
 
 from captioner.answers import parse_json
 from captioner.hookspecs import hookimpl
-from captioner.http_model import HTTPModel, jpeg_base64
+from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
     FAILED,
     CaptionRequest,
@@ -25,7 +25,7 @@ from captioner.models import (
     error_body,
     error_for_status,
 )
-from captioner.options import MAX_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, Option
+from captioner.options import MAX_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, VIDEO_FRAMES, Option
 
 DEFAULT_HOST = "127.0.0.1:11434"
 # Image tokens differ per vision model family; llava's CLIP encoder uses 576.
@@ -33,7 +33,7 @@ IMAGE_TOKENS = {"gemma3": 256, "llava": 576, "bakllava": 576, "moondream": 729, 
                 "qwen2.5vl": 1024, "minicpm-v": 640}
 DEFAULT_IMAGE_TOKENS = 576
 OPTIONS = (
-    MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED,
+    MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED, VIDEO_FRAMES,
     Option("num_ctx", "int", "Context window the server allocates", minimum=256, maximum=1048576),
     Option("repeat_penalty", "float", "Penalise repeated tokens", minimum=0, maximum=10),
     Option("keep_alive", "str", "How long the server keeps the model loaded (e.g. 5m, 0)", shapes_answer=False),
@@ -113,9 +113,10 @@ class OllamaModel(HTTPModel):
         messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
-        messages.append({"role": "user", "content": request.prompt, "images": [jpeg_base64(request)]})
+        messages.append({"role": "user", "content": request.prompt, "images": images_base64(request)})
         model_options = {"num_predict": self.max_output_tokens(options)}
-        model_options.update({k: v for k, v in options.items() if k not in ("max_tokens", "keep_alive")})
+        model_options.update({k: v for k, v in options.items()
+                              if k not in ("max_tokens", "keep_alive", "video_frames")})
         body = {"model": self.name, "messages": messages, "stream": False, "options": model_options}
         if "keep_alive" in options:
             body["keep_alive"] = options["keep_alive"]

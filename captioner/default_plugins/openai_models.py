@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from captioner.hookspecs import hookimpl
-from captioner.http_model import HTTPModel, jpeg_base64
+from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
     DEFAULT_MAX_TOKENS,
     FAILED,
@@ -31,7 +31,7 @@ from captioner.models import (
     error_for_status,
     usage_dict,
 )
-from captioner.options import MAX_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, Option
+from captioner.options import MAX_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, VIDEO_FRAMES, Option
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -92,7 +92,7 @@ def patch_tokens(width: int, height: int, multiplier: float) -> int:
 
 
 OPTIONS = (
-    MAX_TOKENS, TEMPERATURE, TOP_P, SEED,
+    MAX_TOKENS, TEMPERATURE, TOP_P, SEED, VIDEO_FRAMES,
     Option("detail", "str", "Image detail: low is a flat, cheap token count", choices=("low", "high", "auto")),
     Option("reasoning_effort", "str", "Reasoning models: how hard to think (billed as output)",
            choices=("none", "minimal", "low", "medium", "high")),
@@ -177,6 +177,7 @@ def _content_text(content: Any) -> str | None:
 class OpenAIChatModel(HTTPModel):
     provider = "openai"
     key_name = "openai"
+    max_images = 10
     key_env = ("OPENAI_API_KEY",)
     accepted_options: Sequence[Option] | None = OPTIONS
     batch_discount: float | None = 0.5  # the provider's Batch API halves both prices
@@ -214,21 +215,16 @@ class OpenAIChatModel(HTTPModel):
 
     def build_body(self, request: CaptionRequest) -> dict[str, Any]:
         options = self.typed_options(request)
-        image_url: dict[str, Any] = {"url": "data:image/jpeg;base64," + jpeg_base64(request)}
-        if "detail" in options:
-            image_url["detail"] = options["detail"]
+        images = []
+        for data in images_base64(request):
+            image_url: dict[str, Any] = {"url": "data:image/jpeg;base64," + data}
+            if "detail" in options:
+                image_url["detail"] = options["detail"]
+            images.append({"type": "image_url", "image_url": image_url})
         messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
-        messages.append(
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": request.prompt},
-                    {"type": "image_url", "image_url": image_url},
-                ],
-            }
-        )
+        messages.append({"role": "user", "content": [{"type": "text", "text": request.prompt}, *images]})
         body: dict[str, Any] = {"model": self.api_model, "messages": messages}
         max_tokens = options.get("max_tokens", DEFAULT_MAX_TOKENS)
         body["max_tokens" if self.compatible else "max_completion_tokens"] = max_tokens
