@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from PIL import Image
-
 from clips import clip_facts
+from PIL import Image
 
 
 def image_label(jpeg: bytes) -> str:
