@@ -437,10 +437,12 @@ class FakeGemini(FakeServer):
         clips = self._clips(body)
         self.videos.extend(clips)
         video_tokens = audio_tokens = 0
-        low = body.get("generationConfig", {}).get("mediaResolution") == "low"
+        low = body.get("generationConfig", {}).get("mediaResolution") in ("low", "MEDIA_RESOLUTION_LOW")
+        fps = next((p.get("video_metadata", {}).get("fps", 1.0) for c in body["contents"] for p in c["parts"]
+                    if "video_metadata" in p), 1.0)
         for clip in clips:
             seconds, has_audio = clip_facts(clip)
-            video_tokens += (66 if low else 258) * math.ceil(seconds)
+            video_tokens += (66 if low else 258) * max(1, math.ceil(seconds * fps))
             audio_tokens += 32 * math.ceil(seconds) if has_audio else 0
         usage = {"promptTokenCount": 258 * len(images) + text_tokens(text) + video_tokens + audio_tokens,
                  "candidatesTokenCount": self.output_tokens,

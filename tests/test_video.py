@@ -47,8 +47,9 @@ def test_probe_reads_the_container_facts(library):
 def test_frames_are_spread_over_the_whole_clip_and_upright(library):
     facts = probe(str(library / "beach.mov"))
     times = sample_times(facts.duration_s, 4)
-    frames = frames_at(str(library / "beach.mov"), times, facts.rotation, 512)
-    assert [round(at, 1) for at, _ in frames] == pytest.approx([0.5, 1.5, 2.5, 3.5], abs=0.15)
+    frames = frames_at(str(library / "beach.mov"), times, facts.rotation, 512, tolerance=0.5)
+    # A keyframe each second: each sample is the keyframe of its own second.
+    assert [round(at, 1) for at, _ in frames] == pytest.approx([0.0, 1.0, 2.0, 3.0], abs=0.15)
     for (_, image), colour in zip(frames, COLOURS):
         assert image.size == (320, 180)  # landscape as shown, though stored portrait
         assert is_white(image.getpixel((10, 10)))  # the marker is top-left: upright
@@ -97,12 +98,13 @@ def test_gemini_watches_each_clip_inline_and_bills_it_by_the_second(fake_gemini,
     assert (beach["width"], beach["height"], beach["taken_at"], beach["gps_lat"], beach["camera_model"]) == (
         320, 180, "2024-07-14T20:03:21", 48.8584, "iPhone 15")
     assert beach["caption"].startswith("video ") and "video clip" in beach["prompt"]
-    # 4 s with sound: 4 x 258 video + 4 x 32 audio tokens, the audio at its own (higher) rate.
-    text = beach["input_tokens"] - 4 * (258 + 32)
+    # 4 s with sound at the defaults (a frame every 4 s, low resolution): 1 x 66 video
+    # + 4 x 32 audio tokens, the audio at its own (higher) rate.
+    text = beach["input_tokens"] - (66 + 4 * 32)
     assert 0 < text < 60
     expected = (beach["input_tokens"] - 128) * 0.10e-6 + 128 * 0.30e-6 + 22 * 0.40e-6
     assert beach["cost_usd"] == pytest.approx(expected, rel=1e-6)
-    assert clips["street.mp4"]["input_tokens"] - 6 * 258 < 60  # no sound track, no audio tokens
+    assert 0 < clips["street.mp4"]["input_tokens"] - 2 * 66 < 60  # 2 frames in 6 s; no sound, no audio tokens
     assert rows(db, "SELECT kind, duration_s FROM photo_captions WHERE kind = 'video' ORDER BY path")[0][
         "duration_s"] == pytest.approx(4.0, abs=0.1)
 
@@ -216,3 +218,16 @@ def test_the_gallery_shows_a_poster_frame_with_a_duration_badge(fake_gemini, lib
     text = page.read_text()
     assert "▶ 0:04" in text and "▶ 0:06" in text
     assert len(list((tmp_path / "g_files").iterdir())) == len(list(library.iterdir()))
+
+
+def test_gemini_video_options_change_the_bill_and_the_estimate_follows(fake_gemini, tmp_path, db):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    make_clip(folder / "a.mov", seconds=4, audio=True)
+    options = ["-o", "video_fps", "1", "-o", "media_resolution", "high", "-o", "video_audio", "off"]
+    estimate = json.loads(run("estimate", folder, "-m", "gemini-2.5-flash-lite", *options, "--json").output)[0]
+    run("caption", folder, "-m", "gemini-2.5-flash-lite", "--db", db, *options)
+    billed = rows(db, "SELECT input_tokens FROM captions")[0]["input_tokens"]
+    assert 4 * 258 < billed < 4 * 258 + 60  # four frames at full resolution, no sound sent
+    assert abs(estimate["input_tokens"] - billed) / billed < 0.05
+    assert fake_gemini.videos and not __import__("clips").clip_facts(fake_gemini.videos[0])[1]

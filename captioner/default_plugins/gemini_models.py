@@ -53,6 +53,8 @@ DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 TOKENS_PER_IMAGE = 258
 # Video: one frame a second at 258 tokens (66 at low media resolution), 32 a second of audio.
 LOW_VIDEO_TOKENS = 66
+# One frame every 4 s at low resolution: a 15 s clip is 4 frames (264 tokens) plus 480 of sound.
+DEFAULT_VIDEO_FPS = 0.25
 AUDIO_TOKENS_PER_SECOND = 32
 # A request with the clip inline must stay under this; bigger clips go through the Files API.
 INLINE_LIMIT_BYTES = 20 * 1024 * 1024
@@ -63,6 +65,8 @@ MEDIA_RESOLUTION_TOKENS = {"low": 280, "medium": 560, "high": 1120}
 BLOCK_REASONS = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION", "IMAGE_SAFETY", "LANGUAGE"}
 OPTIONS = (
     MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED, VIDEO_FRAMES, VIDEO_AUDIO, VIDEO_MODE,
+    Option("video_fps", "float", "Video clips: frames a second Gemini looks at (default 0.25)",
+           minimum=0.05, maximum=24),
     Option("media_resolution", "str", "Image detail Gemini 3 bills by (low is cheapest)",
            choices=("low", "medium", "high")),
     Option("thinking_budget", "int", "Gemini 2.5: thinking tokens allowed (0 turns thinking off, -1 dynamic)",
@@ -74,7 +78,6 @@ GENERATION_OPTIONS = {
     "top_p": "topP",
     "top_k": "topK",
     "seed": "seed",
-    "media_resolution": "mediaResolution",
 }
 
 LISTED = ["gemini-2.5-flash-lite", "gemini-2.5-flash", "gemini-3.1-flash-lite", "gemini-1.5-flash-8b"]
@@ -196,12 +199,14 @@ class GeminiModel(HTTPModel):
         return gemini_image_tokens(self.model_id, width, height, options)
 
     def video_tokens(self, duration_s: float, has_audio: bool, options: Mapping[str, Any]) -> tuple[int, int]:
-        """Gemini samples a clip at 1 frame a second: 258 tokens a frame (66 with
-        media_resolution low), plus 32 a second of sound."""
+        """Gemini looks at `video_fps` frames a second (default 0.25), each 66
+        tokens at low media resolution (the default for clips) or 258, and hears
+        32 tokens a second of sound."""
         seconds = max(1, math.ceil(duration_s))
-        per_frame = LOW_VIDEO_TOKENS if str(options.get("media_resolution", "")).lower() == "low" else TOKENS_PER_IMAGE
+        frames = max(1, math.ceil(duration_s * float(options.get("video_fps", DEFAULT_VIDEO_FPS))))
+        low = str(options.get("media_resolution", "low")).lower() == "low"
         audio = AUDIO_TOKENS_PER_SECOND * seconds if has_audio else 0
-        return per_frame * seconds + audio, audio
+        return (LOW_VIDEO_TOKENS if low else TOKENS_PER_IMAGE) * frames + audio, audio
 
     def endpoint(self) -> str:
         return f"{api_base()}/models/{self.model_id}:generateContent"
@@ -236,6 +241,10 @@ class GeminiModel(HTTPModel):
         for key, field in GENERATION_OPTIONS.items():
             if key in options:
                 generation[field] = options[key]
+        if "media_resolution" in options:
+            generation["mediaResolution"] = "MEDIA_RESOLUTION_" + str(options["media_resolution"]).upper()
+        elif any(part.kind == "video" for part in request.media):
+            generation["mediaResolution"] = "MEDIA_RESOLUTION_LOW"  # a clip's frames: low detail is plenty
         body: dict[str, Any] = {
             "contents": [{"role": "user", "parts": [*media_parts(request), {"text": request.prompt}]}],
             "generationConfig": generation,
@@ -246,13 +255,17 @@ class GeminiModel(HTTPModel):
 
 
 def media_parts(request: CaptionRequest) -> list[dict[str, Any]]:
-    """The clip itself (inline, or by its Files API URI), else the image(s)."""
+    """The clip itself (inline, or by its Files API URI) with the frame rate to
+    look at, else the image(s)."""
+    fps = float(request.options.get("video_fps", DEFAULT_VIDEO_FPS))
     for part in request.media:
         if part.kind == "video":
             if part.uri:
-                return [{"file_data": {"mime_type": part.mime_type, "file_uri": part.uri}}]
-            return [{"inline_data": {"mime_type": part.mime_type,
-                                     "data": base64.b64encode(part.data).decode("ascii")}}]
+                source: dict[str, Any] = {"file_data": {"mime_type": part.mime_type, "file_uri": part.uri}}
+            else:
+                source = {"inline_data": {"mime_type": part.mime_type,
+                                          "data": base64.b64encode(part.data).decode("ascii")}}
+            return [{**source, "video_metadata": {"fps": fps}}]
     return [{"inline_data": {"mime_type": "image/jpeg", "data": data}} for data in images_base64(request)]
 
 
