@@ -16,6 +16,7 @@ from typing import Any
 from . import pricing
 from .media import ImageError, header_facts, sent_size
 from .models import Model
+from .plan import without_motion_parts
 from .scan import DEFAULT_MAX_FILE_BYTES, Found, scan
 from .video import (
     DEFAULT_MAX_VIDEO_SECONDS,
@@ -106,8 +107,8 @@ def estimate(
     videos: bool = True,
 ) -> list[ModelEstimate]:
     options = options or {}
-    found = [item for item in scan(roots, include, exclude, max_bytes=max_bytes, videos=videos)
-             if isinstance(item, Found)]
+    found = without_motion_parts([item for item in scan(roots, include, exclude, max_bytes=max_bytes,
+                                                        videos=videos) if isinstance(item, Found)])
     headers = image_headers(found)
     user_prices = pricing.load_user_prices()
     results = []

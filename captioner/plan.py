@@ -60,6 +60,12 @@ def make_plan(
             stills.add(_moment(item.path))
     if live_photos == "skip":
         plan.todo = [item for item in plan.todo if not _motion_part(item, stills, plan)]
+
+
+def without_motion_parts(found: list[Found]) -> list[Found]:
+    """Found files less the clips that are the motion part of a Live Photo (for estimates)."""
+    stills = {_moment(item.path) for item in found}
+    return [item for item in found if not _motion_part(item, stills, Plan())]
     if limit is not None and len(plan.todo) > limit:
         plan.over_limit = len(plan.todo) - limit
         plan.todo = plan.todo[:limit]
@@ -86,5 +92,5 @@ def _motion_part(item: Found, stills: set[tuple[str, str]], plan: Plan) -> bool:
         return False
     still = next((n for n in sorted(os.listdir(folder)) if os.path.splitext(n)[0].lower() == stem.lower()
                   and os.path.splitext(n)[1].lower() in STILL_SUFFIXES), stem)
-    plan.skipped.append((item.path, f"motion part of {still} (--live-photos separate captions it)"))
+    plan.skipped.append((item.path, f"motion part of {still}"))
     return True
