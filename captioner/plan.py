@@ -60,16 +60,17 @@ def make_plan(
             stills.add(_moment(item.path))
     if live_photos == "skip":
         plan.todo = [item for item in plan.todo if not _motion_part(item, stills, plan)]
+    if limit is not None and len(plan.todo) > limit:
+        plan.over_limit = len(plan.todo) - limit
+        plan.todo = plan.todo[:limit]
+    return plan
+
 
 
 def without_motion_parts(found: list[Found]) -> list[Found]:
     """Found files less the clips that are the motion part of a Live Photo (for estimates)."""
     stills = {_moment(item.path) for item in found}
     return [item for item in found if not _motion_part(item, stills, Plan())]
-    if limit is not None and len(plan.todo) > limit:
-        plan.over_limit = len(plan.todo) - limit
-        plan.todo = plan.todo[:limit]
-    return plan
 
 
 STILL_SUFFIXES = {".heic", ".heif", ".jpg", ".jpeg", ".dng", ".avif"}
