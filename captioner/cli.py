@@ -192,6 +192,22 @@ def utf8_text(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
+@contextlib.contextmanager
+def read_query(db: str | None) -> Iterator[Store]:
+    """The database opened read-only for a query: Ctrl-C stops it (exit 130), a bad query is one line."""
+    store = open_store(db or config.default_db(), readonly=True)
+    try:
+        with interruptible(store):
+            yield store
+    except QueryError as exc:
+        raise ConfigFailure(for_terminal(str(exc))) from exc
+    except Interrupted:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        store.close()
+
+
 def db_option(fn: Callable) -> Callable:
     return click.option(
         "--db", "db", default=None, metavar="FILE",
@@ -679,17 +695,8 @@ def search(query, db, model_name, since, until, limit, as_json):
       captioner search butterflies
       captioner search "dog AND beach" --since 2023-01-01
     """
-    store = open_store(db or config.default_db(), readonly=True)
-    try:
-        with interruptible(store):
-            results = search_captions(store, query, model=model_name, since=since, until=until, limit=limit)
-    except QueryError as exc:
-        raise ConfigFailure(for_terminal(str(exc))) from exc
-    except Interrupted:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    finally:
-        store.close()
+    with read_query(db) as store:
+        results = search_captions(store, query, model=model_name, since=since, until=until, limit=limit)
     if as_json:
         for row in results:
             row["snippet"] = row["snippet"].replace(MARK_START, "**").replace(MARK_END, "**")
@@ -720,18 +727,9 @@ def sql(query, db, as_json, as_csv):
     Example:
       captioner sql "SELECT path, caption FROM photo_captions WHERE caption LIKE '%sunset%'" --csv
     """
-    store = open_store(db or config.default_db(), readonly=True)
-    try:
-        with interruptible(store):
-            columns, records = run_sql(store, query)
-            print_rows(columns, records, "json" if as_json else "csv" if as_csv else "table")
-    except QueryError as exc:
-        raise ConfigFailure(for_terminal(str(exc))) from exc
-    except Interrupted:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    finally:
-        store.close()
+    with read_query(db) as store:
+        columns, records = run_sql(store, query)
+        print_rows(columns, records, "json" if as_json else "csv" if as_csv else "table")
 
 
 TABLE_ROWS_SHOWN = 1_000
