@@ -93,7 +93,8 @@ def main() -> None:
     sheet = prepare_video(path, 1024)
     native = prepare_video(path, 1024, native=True)
     sent = len(native.parts[0].data)
-    print(f"bytes sent: Gemini clip {sent / 2**20:.2f} MB (target <= 3 MB), contact sheet {len(sheet.jpeg) / 1024:.0f} KB")
+    print(f"bytes sent: Gemini clip {sent / 2**20:.2f} MB (target <= 3 MB), "
+          f"contact sheet {len(sheet.jpeg) / 1024:.0f} KB")
     facts = probe(path)
     print("input tokens per clip (estimate, default prompt):")
     for name in ("gemini-2.5-flash-lite", "gpt-4.1-nano", "gpt-4o-mini", "claude-haiku-4-5"):
