@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import itertools
@@ -15,15 +16,18 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
+import httpx
 
-from . import config, pricing, report
+from . import batch_mode, config, pricing, report
 from . import estimate as estimating
 from . import export as exporting
 from .answers import MAX_OUTPUT_TOKENS
+from .batch_api import BatchUnavailable
 from .compare import COLUMNS as COMPARE_COLUMNS
 from .compare import compare as compare_models
 from .compare import render_page
 from .config import ConfigError
+from .models import ProviderError
 from .options import OptionError
 from .pipeline import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT, RunSettings, caption_paths
 from .plugins import UnknownModel, discovered_models, get_model, listed_models
@@ -289,13 +293,22 @@ def cli() -> None:
               help="Seconds to wait for one response")
 @click.option("--rpm", type=FiniteFloat(0.1, 1_000_000), help="At most this many requests per minute")
 @click.option("--backoff", type=FiniteFloat(0, 60), default=1.0, hidden=True)
+@click.option("--batch", "use_batch", is_flag=True,
+              help="Send through the provider's batch API: half price, results within 24 h")
+@click.option("--no-wait", is_flag=True,
+              help="--batch: submit and exit; collect later with `captioner batches collect`")
+@click.option("--poll-interval", type=FiniteFloat(0.01, 3600), default=30.0, show_default=True, metavar="S",
+              help="--batch: seconds between looks at a job while waiting")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=50_000, show_default=True, metavar="N",
+              help="--batch: at most N photos per job (smaller jobs come back sooner)")
 @click.option("-v", "--verbose", is_flag=True, help="Log each request (file, status, tokens, cost, time) to stderr")
 @click.option("--log", "log_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="Append the same log to FILE (never keys or image bytes)")
 @json_option("the summary")
 def caption(paths, model_name, prompt, system, options, db, key, concurrency, max_cost, limit,
             max_side, include, exclude, max_file_mb, no_videos, max_video_seconds, video_prompt, live_photos,
-            force, retry_failed, retries, timeout, rpm, backoff, verbose, log_file, as_json):
+            force, retry_failed, retries, timeout, rpm, backoff, use_batch, no_wait, poll_interval, batch_size,
+            verbose, log_file, as_json):
     """Caption every photo under PATHS and store the results.
 
     \b
@@ -321,6 +334,9 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
         max_video_seconds=max_video_seconds, live_photos=live_photos,
         video_prompt=video_prompt or (prompt if prompt != DEFAULT_PROMPT else DEFAULT_VIDEO_PROMPT),
     )
+    if use_batch:
+        run_batch(paths, model, settings, db, batch_size, not no_wait, poll_interval, as_json)
+        return
     store = open_store(db or config.default_db())
     try:
         with request_log(verbose, log_file):
@@ -369,6 +385,71 @@ def request_log(verbose: bool, log_file: str | None) -> Iterator[None]:
         for handler in handlers:
             logger.removeHandler(handler)
             handler.close()
+
+
+def run_batch(paths: tuple[str, ...], model: Any, settings: RunSettings, db: str | None, batch_size: int,
+              wait: bool, poll_interval: float, as_json: bool) -> None:
+    """`caption --batch`: collect what is ready, submit the rest, and (unless --no-wait) wait for it."""
+    try:
+        batch_mode.batch_api_of(model)
+    except BatchUnavailable as exc:
+        raise ConfigFailure(str(exc)) from exc
+    store = open_store(db or config.default_db())
+    try:
+        collected = asyncio.run(batch_mode.collect(store, resolve_model, lambda m: settings.key, None, False, 0))
+        submitted = asyncio.run(batch_mode.submit(store, model, settings, list(paths), batch_size))
+        final = submitted
+        waiting_for = [job["id"] for job in store.batch_jobs(open_only=True) if job["model"] == model.model_id]
+        if wait and waiting_for:  # this run's jobs and earlier ones still open: the same command collects
+            try:
+                final = asyncio.run(batch_mode.collect(store, resolve_model, lambda m: settings.key,
+                                                       waiting_for, True, poll_interval, _batch_progress))
+            except KeyboardInterrupt:
+                click.echo(f"stopped waiting; the jobs keep running at the provider. Collect them with: "
+                           f"captioner batches collect {' '.join(map(str, waiting_for))}", err=True)
+                sys.exit(EXIT_INTERRUPTED)
+    except (httpx.HTTPError, ProviderError) as exc:
+        message = exc.message if isinstance(exc, ProviderError) else f"{exc.__class__.__name__}: {exc}"
+        raise ConfigFailure(f"batch API: {for_terminal(message)}") from exc
+    finally:
+        store.close()
+    report_batch(collected, submitted, final, as_json)
+
+
+def _batch_progress(event: dict[str, Any]) -> None:
+    counts = ", ".join(f"{k} {v:,}" for k, v in event.get("counts", {}).items())
+    click.echo(f"job {event['job']}: {event['status']}" + (f" ({counts})" if counts else ""), err=True)
+
+
+def report_batch(collected: Any, submitted: Any, final: Any, as_json: bool) -> None:
+    if as_json:
+        print_json({"collected_before": collected.to_dict(), "submitted": submitted.to_dict(),
+                    "collected": final.to_dict() if final is not submitted else None})
+    else:
+        for line in batch_lines(collected, "collected from earlier jobs") if collected.collected_ok + \
+                collected.collected_failed else []:
+            click.echo(line)
+        click.echo(f"{submitted.model}: {submitted.submitted:,} photos submitted in "
+                   f"{report.plural(len(submitted.jobs), 'batch job')}, {submitted.skipped_done:,} already done, "
+                   f"{submitted.in_open_jobs:,} in open jobs, {submitted.not_sent:,} not sent")
+        if final is not submitted:
+            for line in batch_lines(final, "collected"):
+                click.echo(line)
+        for message in submitted.messages + (final.messages if final is not submitted else []):
+            click.echo(for_terminal(message))
+        if submitted.jobs and (final is submitted or final.still_running):
+            click.echo(f"collect later with: captioner batches collect {' '.join(map(str, submitted.jobs))}")
+    if submitted.budget_stop or final.collected_failed or submitted.failed_to_prepare:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def batch_lines(summary: Any, what: str) -> list[str]:
+    lines = [f"{what}: {summary.collected_ok:,} ok, {summary.collected_failed:,} failed, "
+             f"{summary.expired:,} expired or cancelled (submitted again next time)"]
+    if summary.collected_ok or summary.collected_failed:
+        lines.append(f"cost: {report.money(summary.cost_usd)} at batch prices "
+                     f"(the same work synchronously: {report.money(summary.list_price_usd)})")
+    return lines
 
 
 def _with_key_source(message: str, model: Any, key: str | None) -> str:
@@ -825,3 +906,86 @@ def db():
 def db_path():
     """Print the database `caption` and the other commands use by default."""
     click.echo(os.path.abspath(config.default_db()))
+
+
+@cli.group(invoke_without_command=True)
+@db_option
+@json_option("the jobs")
+@click.pass_context
+def batches(ctx, db, as_json):
+    """Provider batch jobs: list them, collect their results, cancel them.
+
+    \b
+    Examples:
+      captioner batches
+      captioner batches collect --wait
+    """
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = db
+        return
+    store = open_store(db or config.default_db(), readonly=True)
+    try:
+        jobs = store.batch_jobs()
+    finally:
+        store.close()
+    if as_json:
+        print_json(jobs)
+        return
+    columns = ["id", "status", "provider_batch_id", "model", "items", "items_ok", "items_failed", "items_expired",
+               "submitted_at", "finished_at", "estimated_cost_usd", "billed_cost_usd"]
+    print_table([report.readable(j, ("estimated_cost_usd", "billed_cost_usd")) for j in jobs], columns)
+
+
+@batches.command("collect")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--wait", is_flag=True, help="Wait until the jobs end")
+@click.option("--poll-interval", type=FiniteFloat(0.01, 3600), default=30.0, show_default=True, metavar="S",
+              help="Seconds between looks at a job while waiting")
+@click.option("--key", help="API key (overrides the keys file and env vars)")
+@json_option("the summary")
+@click.pass_obj
+def batches_collect(db, ids, wait, poll_interval, key, as_json):
+    """Store the results of open jobs (all, or those named)."""
+    store = open_store(db or config.default_db())
+    try:
+        summary = asyncio.run(batch_mode.collect(store, resolve_model, lambda m: config.resolve_key(m, key),
+                                                 list(ids) or None, wait, poll_interval, _batch_progress))
+    except (httpx.HTTPError, ProviderError, ConfigError) as exc:
+        message = exc.message if isinstance(exc, ProviderError) else str(exc)
+        raise ConfigFailure(f"batch API: {for_terminal(message)}") from exc
+    except KeyboardInterrupt:
+        click.echo("stopped waiting; the jobs keep running at the provider", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        store.close()
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        for line in batch_lines(summary, "collected"):
+            click.echo(line)
+        if summary.still_running:
+            click.echo(f"still running: {' '.join(map(str, summary.still_running))}")
+    if summary.collected_failed:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+@batches.command("cancel")
+@click.argument("job_id", type=int)
+@click.option("--key", help="API key (overrides the keys file and env vars)")
+@click.pass_obj
+def batches_cancel(db, job_id, key):
+    """Ask the provider to cancel a job (then collect it for any partial results)."""
+    store = open_store(db or config.default_db())
+    try:
+        jobs = store.batch_jobs([job_id], open_only=True)
+        if not jobs or not jobs[0]["provider_batch_id"]:
+            raise ConfigFailure(f"no open batch job {job_id} (see `captioner batches`)")
+        model = resolve_model(jobs[0]["model"])
+        asyncio.run(batch_mode.cancel(store, batch_mode.batch_api_of(model), config.resolve_key(model, key),
+                                      jobs[0]))
+    except (httpx.HTTPError, ProviderError) as exc:
+        message = exc.message if isinstance(exc, ProviderError) else str(exc)
+        raise ConfigFailure(f"batch API: {for_terminal(message)}") from exc
+    finally:
+        store.close()
+    click.echo(f"cancel requested for job {job_id}; `captioner batches collect {job_id}` stores what it finished")

@@ -134,6 +134,10 @@ class Model:
     accepts_video: bool = False  # takes a video clip itself (else frames are sent)
     max_images: int = 1  # images one request may carry
 
+    def batch_api(self) -> Any:
+        """The provider's batch API (`captioner.batch_api.BatchAPI`), or None if it has none."""
+        return None
+
     def video_tokens(self, duration_s: float, has_audio: bool, options: Mapping[str, Any]) -> tuple[int, int]:
         """(input tokens, of which audio) the provider bills for a clip it watches itself."""
         raise NotImplementedError

@@ -39,7 +39,7 @@ from .recipe import Recipe, recipe_for
 from .report import RunSummary
 from .scan import DEFAULT_MAX_FILE_BYTES, Found
 from .send import AdaptiveLimit, Answer, NoAnswer, NotSent, RateCap, RetryPolicy, Sender
-from .store import CLAIMED, DONE, Store, WriteFailed
+from .store import BATCHED, CLAIMED, DONE, Store, WriteFailed
 from .video import DEFAULT_MAX_VIDEO_SECONDS, MediaPart, PreparedVideo, prepare_video, send_mode
 
 DEFAULT_PROMPT = (
@@ -299,7 +299,9 @@ class Runner:
             if self.plan_done is not None and sha in self.plan_done.failed_shas:
                 self.ledger.summary.failed_before += 1
         else:
-            self.ledger.skipped(found.path, "being captioned by another captioner process")
+            reason = ("in an open batch job (captioner batches collect)" if outcome == BATCHED
+                      else "being captioned by another captioner process")
+            self.ledger.skipped(found.path, reason)
             self.progress({"advance": 1})
 
     def _prepare(self, found: Found, data: bytes) -> PreparedImage:

@@ -222,9 +222,53 @@ MIGRATIONS: list[tuple[str, list[str | Callable[[sqlite3.Connection], None]]]] =
             PHOTO_CAPTIONS_VIEW,
         ],
     ),
+    (
+        "provider batch jobs and their items",
+        [
+            """CREATE TABLE batch_jobs (
+                id INTEGER PRIMARY KEY,
+                tag TEXT NOT NULL UNIQUE,
+                provider TEXT NOT NULL,
+                model TEXT NOT NULL,
+                recipe TEXT,
+                provider_batch_id TEXT,
+                status TEXT NOT NULL,
+                items INTEGER DEFAULT 0,
+                items_ok INTEGER DEFAULT 0,
+                items_failed INTEGER DEFAULT 0,
+                items_expired INTEGER DEFAULT 0,
+                provider_counts_json TEXT,
+                estimated_cost_usd REAL,
+                reserved_usd REAL,
+                billed_cost_usd REAL,
+                run_id INTEGER REFERENCES runs(id),
+                created_at TEXT,
+                submitted_at TEXT,
+                finished_at TEXT,
+                error TEXT
+            )""",
+            """CREATE TABLE batch_items (
+                id INTEGER PRIMARY KEY,
+                job_id INTEGER NOT NULL REFERENCES batch_jobs(id),
+                custom_id TEXT NOT NULL,
+                image_id INTEGER NOT NULL REFERENCES images(id),
+                sha256 TEXT NOT NULL,
+                recipe TEXT NOT NULL,
+                recipe_json TEXT,
+                status TEXT NOT NULL,
+                estimated_input_tokens INTEGER,
+                caption_id INTEGER REFERENCES captions(id),
+                UNIQUE (job_id, custom_id)
+            )""",
+            "CREATE INDEX idx_batch_items_open ON batch_items (sha256, recipe, status)",
+        ],
+    ),
 ]
 
-CLAIMED, DONE, BUSY = "claimed", "done", "busy"
+# Jobs that may still produce results (or whose create call's answer was lost).
+OPEN_JOB_STATUSES = ("creating", "submitted")
+
+CLAIMED, DONE, BUSY, BATCHED = "claimed", "done", "busy", "batched"
 
 
 def done_statuses(retry_failed: bool) -> tuple[str, ...]:
@@ -406,6 +450,11 @@ class Store:
                 (sha256, recipe, *statuses),
             ).fetchone():
                 return DONE
+            if conn.execute(
+                "SELECT 1 FROM batch_items WHERE sha256 = ? AND recipe = ? AND status = 'submitted' LIMIT 1",
+                (sha256, recipe),
+            ).fetchone():
+                return BATCHED  # in an open provider batch job: collected, never sent again
             holder = conn.execute(
                 "SELECT pid, claimed_at FROM claims WHERE sha256 = ? AND recipe = ?", (sha256, recipe)
             ).fetchone()
@@ -496,9 +545,21 @@ class Store:
             "max_side": max_side,
             "recipe": recipe,
         }
+        with self._immediate() as conn:
+            return self._insert_caption_row(conn, row)
+
+    def _insert_caption(self, conn: sqlite3.Connection, *, result: CaptionResult, **fields: Any) -> int:
+        row = {**fields, "caption": result.text, "status": result.status, "error": result.error,
+               "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
+               "reasoning_tokens": result.reasoning_tokens, "created_at": utcnow(),
+               "usage_json": json.dumps(result.usage) if result.usage is not None else None}
+        return self._insert_caption_row(conn, row)
+
+    @staticmethod
+    def _insert_caption_row(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
         columns = ", ".join(row)
         marks = ", ".join("?" * len(row))
-        return self._write(f"INSERT INTO captions ({columns}) VALUES ({marks})", tuple(row.values()))[0]
+        return conn.execute(f"INSERT INTO captions ({columns}) VALUES ({marks})", tuple(row.values())).lastrowid or 0
 
     def start_run(self, model: str, prompt: str, options: dict[str, Any]) -> int:
         self._close_abandoned_runs()
@@ -542,6 +603,65 @@ class Store:
             if pid and _pid_alive(pid) and pid != os.getpid():
                 continue
             self.finish_run(run_id, "killed", self.run_totals(run_id)["captions"])
+
+    # -- provider batch jobs ---------------------------------------------
+
+    def create_batch_job(self, tag: str, provider: str, model: str, recipe: str, run_id: int) -> int:
+        return self._write(
+            "INSERT INTO batch_jobs (tag, provider, model, recipe, status, run_id, created_at) "
+            "VALUES (?, ?, ?, ?, 'building', ?, ?)",
+            (tag, provider, model, recipe, run_id, utcnow()),
+        )[0]
+
+    def add_batch_item(self, job_id: int, custom_id: str, image_id: int, sha256: str, recipe: dict[str, Any],
+                       estimated: int | None) -> None:
+        """One photo in a job, with the recipe its caption row will carry."""
+        self._write(
+            "INSERT INTO batch_items (job_id, custom_id, image_id, sha256, recipe, recipe_json, status, "
+            "estimated_input_tokens) VALUES (?, ?, ?, ?, ?, ?, 'submitted', ?)",
+            (job_id, custom_id, image_id, sha256, recipe["recipe"], json.dumps(recipe), estimated),
+        )
+
+    def update_batch_job(self, job_id: int, **fields: Any) -> None:
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        self._write(f"UPDATE batch_jobs SET {columns} WHERE id = ?", (*fields.values(), job_id))
+
+    def batch_jobs(self, ids: list[int] | None = None, open_only: bool = False) -> list[dict[str, Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if ids:
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            params += ids
+        if open_only:
+            where.append(f"status IN ({','.join('?' * len(OPEN_JOB_STATUSES))})")
+            params += OPEN_JOB_STATUSES
+        sql = "SELECT * FROM batch_jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        return list(self.query(sql, params))
+
+    def batch_items(self, job_id: int) -> list[dict[str, Any]]:
+        return list(self.query(
+            """SELECT b.*, i.path FROM batch_items b JOIN images i ON i.id = b.image_id
+               WHERE b.job_id = ? ORDER BY b.id""", (job_id,)))
+
+    def reserved_in_open_jobs(self) -> float:
+        row = self.conn.execute(
+            f"SELECT coalesce(sum(reserved_usd), 0) FROM batch_jobs WHERE status IN "
+            f"({','.join('?' * len(OPEN_JOB_STATUSES))})", OPEN_JOB_STATUSES).fetchone()
+        return float(row[0])
+
+    def settle_batch_item(self, item_id: int, status: str, caption: dict[str, Any] | None) -> bool:
+        """Record one item's outcome, and its caption, in one transaction; False if it
+        was settled before (collecting twice never stores a caption twice)."""
+        with self._immediate() as conn:
+            current = conn.execute("SELECT status FROM batch_items WHERE id = ?", (item_id,)).fetchone()
+            if current is None or current[0] != "submitted":
+                return False
+            caption_id = None
+            if caption is not None:
+                caption_id = self._insert_caption(conn, **caption)
+            conn.execute("UPDATE batch_items SET status = ?, caption_id = ? WHERE id = ?",
+                         (status, caption_id, item_id))
+            return True
 
     # -- recovery: answers the database could not take -------------------
 

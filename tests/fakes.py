@@ -243,13 +243,91 @@ class FakeServer:
 
 
 class FakeOpenAI(FakeServer):
-    """OpenAI Chat Completions: POST /v1/chat/completions."""
+    """OpenAI Chat Completions: POST /v1/chat/completions; and the Batch API:
+    POST /v1/files (multipart, purpose=batch), POST /v1/batches, GET /v1/batches[/{id}],
+    POST /v1/batches/{id}/cancel, GET /v1/files/{id}/content. A batch is
+    `validating`, then `in_progress` for `batch_polls` looks, then `completed`;
+    `item_outcome(custom_id)` may make an item "error", "expired" or "missing"."""
 
     def __init__(self, latency: float = 0.0, output_tokens: int = 20, reasoning_tokens: int = 0) -> None:
         super().__init__(latency)
         self.output_tokens = output_tokens
         self.reasoning_tokens = reasoning_tokens
         self.answer_override: Callable[[dict], dict] | None = None
+        self.uploads: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_polls = 1
+        self.create_delay = 0.0  # seconds before answering a create (after making the batch)
+        self.item_outcome: Callable[[str], str | None] = lambda custom_id: None
+        self.batch_bills: list[dict] = []  # usage of every batch item answered
+
+    def _batch_api(self, method: str, path: str, body: Any, headers: dict[str, str]):
+        if method == "POST" and path == "/v1/files":
+            content = _multipart_file(body, headers.get("Content-Type", ""))
+            file_id = f"file-{len(self.uploads) + 1}"
+            self.uploads[file_id] = content
+            return 200, {"id": file_id, "object": "file", "purpose": "batch", "bytes": len(content)}, {}
+        if method == "POST" and path == "/v1/batches":
+            batch_id = f"batch_{len(self.batches) + 1}"
+            lines = [json.loads(line) for line in self.uploads[body["input_file_id"]].decode().splitlines()]
+            self.batches[batch_id] = {"id": batch_id, "object": "batch", "status": "validating", "polls": 0,
+                                      "metadata": body.get("metadata"), "lines": lines, "output_file_id": None,
+                                      "error_file_id": None, "endpoint": body["endpoint"],
+                                      "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+            if self.create_delay:
+                time.sleep(self.create_delay)
+            return 200, self._public(self.batches[batch_id]), {}
+        if method == "GET" and path.startswith("/v1/batches?"):
+            return 200, {"object": "list", "data": [self._public(b) for b in self.batches.values()]}, {}
+        if method == "GET" and path.startswith("/v1/batches/"):
+            batch = self.batches[path.rsplit("/", 1)[1]]
+            batch["polls"] += 1
+            if batch["status"] in ("validating", "in_progress"):
+                batch["status"] = "in_progress" if batch["polls"] <= self.batch_polls else self._finish(batch)
+            elif batch["status"] == "cancelling":
+                batch["status"] = self._finish(batch, cancelled=True)
+            return 200, self._public(batch), {}
+        if method == "POST" and path.endswith("/cancel"):
+            batch = self.batches[path.split("/")[3]]
+            batch["status"] = "cancelling"
+            return 200, self._public(batch), {}
+        if method == "GET" and path.startswith("/v1/files/") and path.endswith("/content"):
+            return 200, self.uploads[path.split("/")[3]], {"Content-Type": "application/jsonl"}
+        return None
+
+    @staticmethod
+    def _public(batch: dict) -> dict:
+        return {k: v for k, v in batch.items() if k not in ("polls", "lines")}
+
+    def _finish(self, batch: dict, cancelled: bool = False) -> str:
+        """Run every line as a synchronous request would, into an output and an error file."""
+        output, errors = [], []
+        for n, line in enumerate(batch["lines"]):
+            custom_id = line["custom_id"]
+            outcome = "cancelled" if cancelled and n % 2 else self.item_outcome(custom_id)
+            if outcome == "missing":
+                continue
+            if outcome in ("expired", "cancelled"):
+                errors.append({"id": f"batch_req_{n}", "custom_id": custom_id, "response": None,
+                               "error": {"code": f"batch_{outcome}", "message": f"request {outcome}"}})
+                continue
+            if outcome == "error":
+                errors.append({"id": f"batch_req_{n}", "custom_id": custom_id, "error": None, "response": {
+                    "status_code": 400, "request_id": f"req_{n}",
+                    "body": {"error": {"message": "Invalid image.", "type": "invalid_request_error"}}}})
+                continue
+            images = self.extract_images(line["body"])
+            _, reply, _ = self.answer(line["url"], line["body"], images, {})
+            self.batch_bills.append(reply["usage"])
+            output.append({"id": f"batch_req_{n}", "custom_id": custom_id, "error": None,
+                           "response": {"status_code": 200, "request_id": f"req_{n}", "body": reply}})
+        for name, rows in (("output_file_id", output), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-{len(self.uploads) + 1}"
+                self.uploads[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                batch[name] = file_id
+        batch["request_counts"] = {"total": len(batch["lines"]), "completed": len(output), "failed": len(errors)}
+        return "cancelled" if cancelled else "completed"
 
     @property
     def base_url(self) -> str:
@@ -278,7 +356,13 @@ class FakeOpenAI(FakeServer):
                 tokens += openai_image_tokens(body.get("model", ""), *im.size)
         return tokens
 
+    def answer_get(self, path):
+        return self._batch_api("GET", path, None, {}) or (404, {"error": {"message": "unknown path"}}, {})
+
     def answer(self, path, body, images, headers):
+        batch = self._batch_api("POST", path, body, headers)
+        if batch is not None:
+            return batch
         if not path.endswith("/chat/completions"):
             return 404, {"error": {"message": "unknown path"}}, {}
         if not images:
@@ -306,6 +390,16 @@ class FakeOpenAI(FakeServer):
         if self.answer_override is not None:
             reply = self.answer_override(reply)
         return 200, reply, {}
+
+
+def _multipart_file(body: Any, content_type: str) -> bytes:
+    """The file part of a multipart/form-data body."""
+    boundary = content_type.split("boundary=", 1)[1].strip().strip('"').encode()
+    for part in bytes(body).split(b"--" + boundary):
+        head, _, content = part.partition(b"\r\n\r\n")
+        if b"filename=" in head:
+            return content.rsplit(b"\r\n", 1)[0]
+    raise ValueError("no file in the upload")
 
 
 def text_tokens(text: str) -> int:

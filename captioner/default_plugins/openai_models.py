@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 
+from captioner.answers import parse_json
+from captioner.batch_api import ANSWERED, CANCELLED, ERRORED, EXPIRED, BatchStatus, ItemResult
 from captioner.hookspecs import hookimpl
 from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
@@ -26,9 +28,11 @@ from captioner.models import (
     Model,
     ProviderError,
     as_dict,
+    as_list,
     empty_caption_error,
     error_body,
     error_for_status,
+    error_message,
     usage_dict,
 )
 from captioner.options import MAX_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, VIDEO_FRAMES, Option
@@ -205,6 +209,9 @@ class OpenAIChatModel(HTTPModel):
         base, per_tile = _longest_prefix(self.api_model, TILE_RATES) or (85, 170)
         return tile_tokens(width, height, base, per_tile, str(options.get("detail", "auto")))
 
+    def batch_api(self) -> OpenAIBatch | None:
+        return None if self.compatible else OpenAIBatch(self)
+
     def connection_hint(self) -> str | None:
         if self.compatible:
             return "is the OpenAI-compatible server running? OPENAI_BASE_URL says where it is"
@@ -248,3 +255,105 @@ def model_for_name(name: str) -> Model | None:
     if OPENAI_NAME.match(name):
         return OpenAIChatModel(name, listed=False)
     return None
+
+
+BATCH_DONE = {"completed", "failed", "expired", "cancelled"}
+
+
+class OpenAIBatch:
+    """OpenAI's Batch API: a JSONL file uploaded with `purpose=batch`, a batch on
+    `/v1/chat/completions` tagged in its metadata, results in the output and
+    error files."""
+
+    max_requests = 50_000
+    max_bytes = 190 * 1024 * 1024  # under the 200 MB input-file limit
+
+    def __init__(self, model: OpenAIChatModel) -> None:
+        self.model = model
+
+    def line(self, request: CaptionRequest, custom_id: str) -> dict[str, Any]:
+        return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+                "body": self.model.build_body(request)}
+
+    @staticmethod
+    def _base() -> str:
+        return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+
+    @staticmethod
+    def _auth(key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    async def _json(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code != 200:
+            raise map_error(response)
+        return as_dict(parse_json(response.content))
+
+    async def create(self, client: httpx.AsyncClient, lines: Any, count: int, tag: str, key: str | None) -> str:
+        with open(lines, "rb") as fh:
+            upload = await self._json(await client.post(
+                self._base() + "/files", data={"purpose": "batch"},
+                files={"file": ("captioner-batch.jsonl", fh, "application/jsonl")}, headers=self._auth(key)))
+        created = await self._json(await client.post(
+            self._base() + "/batches", headers=self._auth(key),
+            json={"input_file_id": upload.get("id"), "endpoint": "/v1/chat/completions",
+                  "completion_window": "24h", "metadata": {"captioner_tag": tag}}))
+        if not isinstance(created.get("id"), str):
+            raise ProviderError("the batch was created without an id", retryable=False)
+        return created["id"]
+
+    async def find(self, client: httpx.AsyncClient, tag: str, count: int, key: str | None) -> str | None:
+        listing = await self._json(await client.get(self._base() + "/batches", params={"limit": 100},
+                                                    headers=self._auth(key)))
+        for batch in map(as_dict, as_list(listing.get("data"))):
+            if as_dict(batch.get("metadata")).get("captioner_tag") == tag and isinstance(batch.get("id"), str):
+                return batch["id"]
+        return None
+
+    async def poll(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> BatchStatus:
+        batch = await self._json(await client.get(f"{self._base()}/batches/{batch_id}", headers=self._auth(key)))
+        status = str(batch.get("status"))
+        counts = {k: int(v) for k, v in as_dict(batch.get("request_counts")).items() if isinstance(v, int)}
+        errors = [as_dict(e).get("message") for e in as_list(as_dict(batch.get("errors")).get("data"))]
+        error = "; ".join(str(e) for e in errors if e) or None
+        return BatchStatus(status in BATCH_DONE, status, counts, error if status == "failed" else None)
+
+    async def results(self, client: httpx.AsyncClient, batch_id: str, key: str | None
+                      ) -> AsyncIterator[ItemResult]:
+        batch = await self._json(await client.get(f"{self._base()}/batches/{batch_id}", headers=self._auth(key)))
+        for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
+            if not isinstance(file_id, str):
+                continue
+            async with client.stream("GET", f"{self._base()}/files/{file_id}/content",
+                                     headers=self._auth(key)) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise map_error(response)
+                async for text in response.aiter_lines():
+                    if text.strip():
+                        yield self._item(text)
+
+    @staticmethod
+    def _item(text: str) -> ItemResult:
+        try:
+            line = as_dict(parse_json(text))
+        except ProviderError:
+            return ItemResult("", ERRORED, error="unreadable result line")
+        custom_id = str(line.get("custom_id"))
+        error = as_dict(line.get("error"))
+        code = str(error.get("code") or "")
+        if code == "batch_expired":
+            return ItemResult(custom_id, EXPIRED)
+        if code == "batch_cancelled":
+            return ItemResult(custom_id, CANCELLED)
+        response = as_dict(line.get("response"))
+        status = response.get("status_code")
+        if isinstance(status, int) and 200 <= status < 300:
+            try:
+                return ItemResult(custom_id, ANSWERED, parse_response(response.get("body")))
+            except ProviderError as exc:
+                return ItemResult(custom_id, ERRORED, error=exc.message)
+        message = error_message(response.get("body"), str(error.get("message") or f"HTTP {status}"))
+        return ItemResult(custom_id, ERRORED, error=f"HTTP {status}: {message}" if status else message)
+
+    async def cancel(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> None:
+        await self._json(await client.post(f"{self._base()}/batches/{batch_id}/cancel", headers=self._auth(key)))

@@ -1,0 +1,65 @@
+"""What a provider's batch API looks like to captioner (a plugin implements it
+for its wire format; `batch_mode` drives it).
+
+A batch job is submitted now and collected later at half price. The protocol
+is small: write one input line per request, create the job from the file of
+lines (tagged, so a job whose create call lost its answer can be found again),
+poll it, read its per-item results, cancel it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from .models import CaptionRequest, CaptionResult
+
+# Per-item outcomes as providers report them.
+ANSWERED, ERRORED, EXPIRED, CANCELLED = "answered", "errored", "expired", "cancelled"
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    done: bool  # no more results will come
+    status: str  # the provider's own word for it
+    counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    custom_id: str
+    outcome: str  # ANSWERED, ERRORED, EXPIRED or CANCELLED
+    result: CaptionResult | None = None
+    error: str | None = None
+
+
+class BatchAPI(Protocol):
+    """A provider's batch API. Limits are per job."""
+
+    max_requests: int
+    max_bytes: int
+
+    def line(self, request: CaptionRequest, custom_id: str) -> dict[str, Any]:
+        """One input line: the request in this provider's batch input shape."""
+
+    async def create(self, client: httpx.AsyncClient, lines: Path, count: int, tag: str, key: str | None) -> str:
+        """Submit the lines as one job; the provider's job id."""
+
+    async def find(self, client: httpx.AsyncClient, tag: str, count: int, key: str | None) -> str | None:
+        """The job created with this tag, if the provider has one (for a create call whose answer was lost)."""
+
+    async def poll(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> BatchStatus: ...
+
+    def results(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> AsyncIterator[ItemResult]:
+        """Every item result the job has (in any order; some may be missing)."""
+
+    async def cancel(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> None: ...
+
+
+class BatchUnavailable(Exception):
+    """The model's provider has no batch API."""
