@@ -50,8 +50,11 @@ class BatchAPI(Protocol):
     async def create(self, client: httpx.AsyncClient, lines: Path, count: int, tag: str, key: str | None) -> str:
         """Submit the lines as one job; the provider's job id."""
 
-    async def find(self, client: httpx.AsyncClient, tag: str, count: int, key: str | None) -> str | None:
-        """The job created with this tag, if the provider has one (for a create call whose answer was lost)."""
+    async def find(self, client: httpx.AsyncClient, tag: str, count: int, since: str, key: str | None
+                   ) -> str | None:
+        """The job created with this tag (or, where a provider keeps no tag, with this
+        many requests since `since`), if the provider has one: for a create call whose
+        answer was lost."""
 
     async def poll(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> BatchStatus: ...
 

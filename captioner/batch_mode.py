@@ -239,7 +239,7 @@ async def adopt_lost_jobs(store: Store, api: BatchAPI, http: httpx.AsyncClient, 
     for job in store.batch_jobs(open_only=True):
         if job["status"] != "creating":
             continue
-        batch_id = await api.find(http, job["tag"], job["items"], key)
+        batch_id = await api.find(http, job["tag"], job["items"], job["created_at"], key)
         if batch_id is not None:
             store.update_batch_job(job["id"], provider_batch_id=batch_id, status="submitted", submitted_at=_now())
             summary.messages.append(f"job {job['id']}: found at the provider as {batch_id} and adopted")

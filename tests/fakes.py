@@ -112,8 +112,14 @@ class FakeServer:
                 server._send(self, status, payload, headers)
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                raw = self.rfile.read(length)
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":  # a streamed upload
+                    raw = b""
+                    while size := int(self.rfile.readline().strip() or b"0", 16):
+                        raw += self.rfile.read(size)
+                        self.rfile.readline()
+                    self.rfile.readline()
+                else:
+                    raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 server._handle(self, raw)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -392,6 +398,44 @@ class FakeOpenAI(FakeServer):
         return 200, reply, {}
 
 
+class BatchJobs:
+    """Batch jobs as the fakes keep them: a job runs its requests as synchronous
+    ones once polled `batch_polls` times; `item_outcome(custom_id)` may make an
+    item "error", "expired" or "missing"; a cancelled job skips every other item."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.batch_polls = 1
+        self.create_delay = 0.0
+        self.item_outcome: Callable[[str], str | None] = lambda custom_id: None
+        self.batch_bills: list[dict] = []
+
+    def new_job(self, job_id: str, requests: list[tuple[str, dict]], **extra: Any) -> dict[str, Any]:
+        job = {"id": job_id, "requests": requests, "polls": 0, "state": "running", "results": None,
+               "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()), **extra}
+        self.jobs[job_id] = job
+        if self.create_delay:
+            time.sleep(self.create_delay)
+        return job
+
+    def advance(self, job: dict[str, Any], run_one: Callable[[dict], dict]) -> None:
+        job["polls"] += 1
+        if job["state"] == "running" and job["polls"] > self.batch_polls:
+            job["state"] = "ended"
+        if job["state"] in ("ended", "cancelling") and job["results"] is None:
+            job["results"] = []
+            for n, (custom_id, body) in enumerate(job["requests"]):
+                outcome = "cancelled" if job["state"] == "cancelling" and n % 2 else self.item_outcome(custom_id)
+                if outcome == "missing":
+                    continue
+                reply = None
+                if outcome is None:
+                    reply = run_one(body)
+                    self.batch_bills.append(reply)
+                job["results"].append((custom_id, outcome, reply))
+            job["state"] = "ended"
+
+
 def _multipart_file(body: Any, content_type: str) -> bytes:
     """The file part of a multipart/form-data body."""
     boundary = content_type.split("boundary=", 1)[1].strip().strip('"').encode()
@@ -411,13 +455,51 @@ def image_size(jpeg: bytes) -> tuple[int, int]:
         return im.size
 
 
-class FakeAnthropic(FakeServer):
-    """Anthropic Messages: POST /v1/messages, x-api-key + anthropic-version."""
+class FakeAnthropic(FakeServer, BatchJobs):
+    """Anthropic Messages: POST /v1/messages, x-api-key + anthropic-version; and
+    Message Batches: POST/GET /v1/messages/batches[/{id}[/cancel|/results]]."""
 
     def __init__(self, latency: float = 0.0, output_tokens: int = 24) -> None:
-        super().__init__(latency)
+        FakeServer.__init__(self, latency)
+        BatchJobs.__init__(self)
         self.output_tokens = output_tokens
         self.answer_override: Callable[[dict], dict] | None = None
+
+    def _public(self, job: dict) -> dict:
+        counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        if job["state"] == "ended":
+            for _, outcome, _ in job["results"]:
+                counts[{None: "succeeded", "error": "errored", "cancelled": "canceled"}.get(outcome, outcome)] += 1
+        else:
+            counts["processing"] = len(job["requests"])
+        return {"id": job["id"], "type": "message_batch", "created_at": job["created_at"],
+                "processing_status": "ended" if job["state"] == "ended" else (
+                    "canceling" if job["state"] == "cancelling" else "in_progress"),
+                "request_counts": counts,
+                "results_url": f"{self.url}/v1/messages/batches/{job['id']}/results"
+                if job["state"] == "ended" else None}
+
+    def _run_one(self, body: dict) -> dict:
+        return self.answer("/v1/messages", body, self.extract_images(body), {"anthropic-version": "2023-06-01"})[1]
+
+    def answer_get(self, path):
+        if path.startswith("/v1/messages/batches?"):
+            return 200, {"data": [self._public(j) for j in self.jobs.values()], "has_more": False}, {}
+        parts = path.split("?")[0].split("/")
+        job = self.jobs.get(parts[4]) if len(parts) > 4 else None
+        if job is None:
+            return 404, {"type": "error", "error": {"type": "not_found_error", "message": "no such batch"}}, {}
+        if path.endswith("/results"):
+            lines = []
+            for custom_id, outcome, reply in job["results"]:
+                result = {"type": "succeeded", "message": reply} if outcome is None else (
+                    {"type": "errored", "error": {"type": "error", "error": {
+                        "type": "invalid_request_error", "message": "Could not process image"}}}
+                    if outcome == "error" else {"type": "canceled" if outcome == "cancelled" else outcome})
+                lines.append(json.dumps({"custom_id": custom_id, "result": result}))
+            return 200, ("\n".join(lines) + "\n").encode(), {"Content-Type": "application/binary"}
+        self.advance(job, self._run_one)
+        return 200, self._public(job), {}
 
     def extract_images(self, body: dict) -> list[bytes]:
         return [
@@ -428,6 +510,14 @@ class FakeAnthropic(FakeServer):
         ]
 
     def answer(self, path, body, images, headers):
+        if path == "/v1/messages/batches":
+            job = self.new_job(f"msgbatch_{len(self.jobs) + 1}",
+                               [(r["custom_id"], r["params"]) for r in body["requests"]])
+            return 200, self._public(job), {}
+        if path.startswith("/v1/messages/batches/") and path.endswith("/cancel"):
+            job = self.jobs[path.split("/")[4]]
+            job["state"] = "cancelling"
+            return 200, self._public(job), {}
         if path != "/v1/messages":
             return 404, {"type": "error", "error": {"type": "not_found_error", "message": "no such path"}}, {}
         if "anthropic-version" not in {k.lower() for k in headers}:
@@ -451,7 +541,7 @@ class FakeAnthropic(FakeServer):
         return 200, reply, {}
 
 
-class FakeGemini(FakeServer):
+class FakeGemini(FakeServer, BatchJobs):
     """Gemini generateContent: POST /v1beta/models/{model}:generateContent, x-goog-api-key.
 
     Videos come inline or through the Files API (resumable upload: start, then
@@ -460,7 +550,8 @@ class FakeGemini(FakeServer):
     second of video (66 at low media resolution) and 32 a second of audio."""
 
     def __init__(self, latency: float = 0.0, output_tokens: int = 22, thoughts_tokens: int = 0) -> None:
-        super().__init__(latency)
+        FakeServer.__init__(self, latency)
+        BatchJobs.__init__(self)
         self.output_tokens = output_tokens
         self.thoughts_tokens = thoughts_tokens
         self.files: dict[str, dict[str, Any]] = {}
@@ -469,7 +560,48 @@ class FakeGemini(FakeServer):
         self.processing_polls = 1
         self.answer_override: Callable[[dict], dict] | None = None
 
+    def _operation(self, job: dict) -> dict:
+        """A batch job as Gemini's long-running operation (int64 counts as strings)."""
+        ended = job["state"] == "ended"
+        stats = {"requestCount": str(len(job["requests"]))}
+        state = "BATCH_STATE_RUNNING"
+        operation: dict[str, Any] = {"name": job["id"], "done": ended}
+        if ended:
+            ok = sum(1 for _, outcome, _ in job["results"] if outcome is None)
+            stats.update(successfulRequestCount=str(ok), failedRequestCount=str(len(job["results"]) - ok))
+            state = "BATCH_STATE_CANCELLED" if job.get("cancelled") else "BATCH_STATE_SUCCEEDED"
+            entries = [{"response": reply, "metadata": {"key": key}} if outcome is None
+                       else {"error": {"code": 3, "message": "Request contains an invalid argument."},
+                             "metadata": {"key": key}}
+                       for key, outcome, reply in job["results"] if outcome in (None, "error")]
+            if job["from_file"]:
+                name = f"files/batch-{job['id'].split('/')[1]}"
+                lines = [json.dumps({"key": e["metadata"]["key"], **{k: v for k, v in e.items() if k != "metadata"}})
+                         for e in entries]
+                self.files[name] = {"data": ("\n".join(lines) + "\n").encode(), "mime": "application/jsonl",
+                                    "polls": 99, "size": 0}
+                operation["response"] = {"responsesFile": name}
+            else:
+                operation["response"] = {"inlinedResponses": {"inlinedResponses": entries}}
+        operation["metadata"] = {"model": job["model"], "displayName": job["display_name"], "state": state,
+                                 "batchStats": stats}
+        return operation
+
+    def _run_one(self, body: dict) -> dict:
+        images = self.extract_images(body)
+        return self.answer(f"/v1beta/models/{self._batch_model}:generateContent", body, images, {})[1]
+
     def answer_get(self, path):
+        if path.startswith("/v1beta/batches/"):
+            job = self.jobs[path.removeprefix("/v1beta/")]
+            self._batch_model = job["model"].removeprefix("models/")
+            self.advance(job, self._run_one)
+            return 200, self._operation(job), {}
+        if path.startswith("/v1beta/batches"):
+            return 200, {"operations": [self._operation(j) for j in self.jobs.values()]}, {}
+        if path.startswith("/download/v1beta/"):
+            name = path.removeprefix("/download/v1beta/").split(":download")[0]
+            return 200, self.files[name]["data"], {"Content-Type": "application/jsonl"}
         name = path.removeprefix("/v1beta/")
         file = self.files.get(name)
         if file is None:
@@ -525,6 +657,21 @@ class FakeGemini(FakeServer):
     def answer(self, path, body, images, headers):
         if path.startswith("/upload/"):
             return self._upload(path, body, headers)
+        if path.endswith(":batchGenerateContent"):
+            config = body["batch"]["input_config"]
+            if "file_name" in config:
+                lines = [json.loads(x) for x in self.files[config["file_name"]]["data"].decode().splitlines()]
+                requests = [(line["key"], line["request"]) for line in lines]
+            else:
+                requests = [(r["metadata"]["key"], r["request"]) for r in config["requests"]["requests"]]
+            model = "models/" + path.split("/models/")[1].split(":")[0]
+            job = self.new_job(f"batches/{len(self.jobs) + 1}", requests, model=model,
+                               display_name=body["batch"]["display_name"], from_file="file_name" in config)
+            return 200, self._operation(job), {}
+        if path.startswith("/v1beta/batches/") and path.endswith(":cancel"):
+            job = self.jobs[path.removeprefix("/v1beta/").removesuffix(":cancel")]
+            job["state"], job["cancelled"] = "cancelling", True
+            return 200, {}, {}
         if not (path.startswith("/v1beta/models/") and path.endswith(":generateContent")):
             return 404, {"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}, {}
         text = " ".join(p.get("text", "") for c in body["contents"] for p in c["parts"])

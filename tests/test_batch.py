@@ -142,3 +142,72 @@ def test_cancel_keeps_what_finished_and_sends_the_rest_again(fake_openai, photos
 def test_models_without_a_batch_api_refuse_batch(fake_ollama, photos, db):
     result = run("caption", photos, "-m", "ollama/llava:7b", "--db", db, "--batch")
     assert result.exit_code == 2 and "has no batch API" in result.output and not db.exists()
+
+
+# -- the same promises with every provider's batch API ---------------------------------------------
+
+PROVIDERS = [("gpt-4.1-nano", "fake_openai"), ("claude-haiku-4-5", "fake_anthropic"),
+             ("gemini-2.5-flash-lite", "fake_gemini")]
+
+
+def jobs_of(server) -> int:
+    return len(getattr(server, "batches", None) or server.jobs)
+
+
+@pytest.mark.parametrize("model, fixture", PROVIDERS)
+def test_each_provider_captions_a_folder_at_half_price(model, fixture, request, photos, db):
+    server = request.getfixturevalue(fixture)
+    result = run("caption", photos, "-m", model, "--db", db, *BATCH, "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    total = len(list(photos.iterdir()))
+    captions = rows(db, "SELECT status, input_tokens, output_tokens, cost_usd FROM captions")
+    assert len(captions) == total == bills(server) and all(c["status"] == "ok" for c in captions)
+    assert jobs_of(server) == 3  # 4 + 4 + 1
+    priced = get_model(model)
+    for c in captions:
+        full = price_request(priced, c["input_tokens"], c["output_tokens"], user_prices={}).cost_usd
+        assert c["cost_usd"] == pytest.approx(full / 2)
+    assert image_requests(server) == 0
+
+
+def image_requests(server) -> int:
+    return sum(1 for r in server.received if r.images)
+
+
+@pytest.mark.parametrize("model, fixture", PROVIDERS)
+def test_each_provider_adopts_a_job_whose_create_answer_was_lost(model, fixture, request, photos, db):
+    server = request.getfixturevalue(fixture)
+    server.create_delay = 1.5
+    first = run("caption", photos, "-m", model, "--db", db, "--batch", "--no-wait", "--timeout", "0.5")
+    assert "the create call got no answer" in first.output, first.output
+    server.create_delay = 0
+    second = run("caption", photos, "-m", model, "--db", db, *BATCH)
+    assert second.exit_code == 0, second.output
+    assert jobs_of(server) == 1
+    assert rows(db, "SELECT count(*) AS n FROM captions")[0]["n"] == bills(server) == len(list(photos.iterdir()))
+
+
+@pytest.mark.parametrize("model, fixture", PROVIDERS)
+def test_each_provider_fails_errors_and_resubmits_the_rest(model, fixture, request, photos, db):
+    server = request.getfixturevalue(fixture)
+    outcomes = iter(["error", "expired", "missing"])
+    chosen: dict[str, str | None] = {}
+    server.item_outcome = lambda custom_id: chosen.setdefault(custom_id, next(outcomes, None))
+    first = run("caption", photos, "-m", model, "--db", db, *BATCH)
+    assert first.exit_code == 1, first.output
+    assert len(rows(db, "SELECT error FROM captions WHERE status = 'failed'")) == 1
+    again = run("caption", photos, "-m", model, "--db", db, *BATCH)
+    assert again.exit_code == 0, again.output
+    ok = rows(db, "SELECT count(*) AS n FROM captions WHERE status = 'ok'")[0]["n"]
+    assert ok == bills(server) == len(list(photos.iterdir())) - 1
+
+
+def test_gemini_sends_a_jsonl_file_when_inline_would_be_too_big(fake_gemini, photos, db, monkeypatch):
+    from captioner.default_plugins import gemini_models
+
+    monkeypatch.setattr(gemini_models, "INLINE_BATCH_BYTES", 1000)
+    result = run("caption", photos, "-m", "gemini-2.5-flash-lite", "--db", db, *BATCH)
+    assert result.exit_code == 0, result.output
+    (job,) = fake_gemini.jobs.values()
+    assert job["from_file"] and any(f["mime"] == "application/jsonl" for f in fake_gemini.files.values())
+    assert rows(db, "SELECT count(*) AS n FROM captions WHERE status = 'ok'")[0]["n"] == len(list(photos.iterdir()))

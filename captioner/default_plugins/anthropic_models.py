@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
+from captioner.answers import parse_json
+from captioner.batch_api import ANSWERED, CANCELLED, ERRORED, EXPIRED, BatchStatus, ItemResult
 from captioner.hookspecs import hookimpl
 from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
@@ -126,6 +129,9 @@ class ClaudeModel(HTTPModel):
     def image_tokens(self, width: int, height: int, options: Mapping[str, Any]) -> int:
         return anthropic_image_tokens(width, height)
 
+    def batch_api(self) -> AnthropicBatch:
+        return AnthropicBatch(self)
+
     def endpoint(self) -> str:
         base = (os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
@@ -167,3 +173,97 @@ def register_models(register: Callable[[Model], None]) -> None:
 @hookimpl
 def model_for_name(name: str) -> Model | None:
     return ClaudeModel(name, listed=False) if name.startswith("claude-") else None
+
+
+class AnthropicBatch:
+    """Anthropic's Message Batches: the requests in the create call's body, results
+    as JSONL from `results_url`. A batch carries no label, so a lost create is found
+    by its request count and creation time."""
+
+    max_requests = 100_000
+    max_bytes = 250 * 1024 * 1024  # under the 256 MB limit
+
+    def __init__(self, model: ClaudeModel) -> None:
+        self.model = model
+
+    def line(self, request: CaptionRequest, custom_id: str) -> dict[str, Any]:
+        return {"custom_id": custom_id, "params": self.model.build_body(request)}
+
+    def _url(self, path: str = "") -> str:
+        return self.model.endpoint() + "/batches" + path
+
+    async def _json(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code != 200:
+            raise map_error(response)
+        return as_dict(parse_json(response.content))
+
+    async def create(self, client: httpx.AsyncClient, lines: Any, count: int, tag: str, key: str | None) -> str:
+        async def body() -> AsyncIterator[bytes]:
+            yield b'{"requests":['
+            with open(lines, "rb") as fh:
+                for n, line in enumerate(fh):
+                    yield (b"," if n else b"") + line.rstrip(b"\n")
+            yield b"]}"
+
+        created = await self._json(await client.post(self._url(), content=body(),
+                                                     headers=self.model.request_headers(key)))
+        if not isinstance(created.get("id"), str):
+            raise ProviderError("the batch was created without an id")
+        return created["id"]
+
+    async def find(self, client: httpx.AsyncClient, tag: str, count: int, since: str, key: str | None
+                   ) -> str | None:
+        listing = await self._json(await client.get(self._url(), params={"limit": 100},
+                                                    headers=self.model.request_headers(key)))
+        started = datetime.fromisoformat(since) - timedelta(minutes=1)
+        for batch in sorted(map(as_dict, as_list(listing.get("data"))), key=lambda b: str(b.get("created_at"))):
+            try:
+                created = datetime.fromisoformat(str(batch.get("created_at")).replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            total = sum(v for v in as_dict(batch.get("request_counts")).values() if isinstance(v, int))
+            if created >= started and total == count and isinstance(batch.get("id"), str):
+                return batch["id"]
+        return None
+
+    async def poll(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> BatchStatus:
+        batch = await self._json(await client.get(self._url(f"/{batch_id}"), headers=self.model.request_headers(key)))
+        counts = {k: v for k, v in as_dict(batch.get("request_counts")).items() if isinstance(v, int)}
+        status = str(batch.get("processing_status"))
+        return BatchStatus(status == "ended", status, counts)
+
+    async def results(self, client: httpx.AsyncClient, batch_id: str, key: str | None
+                      ) -> AsyncIterator[ItemResult]:
+        batch = await self._json(await client.get(self._url(f"/{batch_id}"), headers=self.model.request_headers(key)))
+        url = batch.get("results_url")
+        if not isinstance(url, str):
+            return
+        async with client.stream("GET", url, headers=self.model.request_headers(key)) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise map_error(response)
+            async for text in response.aiter_lines():
+                if text.strip():
+                    yield self._item(text)
+
+    @staticmethod
+    def _item(text: str) -> ItemResult:
+        try:
+            line = as_dict(parse_json(text))
+        except ProviderError:
+            return ItemResult("", ERRORED, error="unreadable result line")
+        custom_id = str(line.get("custom_id"))
+        result = as_dict(line.get("result"))
+        kind = result.get("type")
+        if kind == "succeeded":
+            try:
+                return ItemResult(custom_id, ANSWERED, parse_message(result.get("message")))
+            except ProviderError as exc:
+                return ItemResult(custom_id, ERRORED, error=exc.message)
+        if kind in ("expired", "canceled"):
+            return ItemResult(custom_id, EXPIRED if kind == "expired" else CANCELLED)
+        error = as_dict(as_dict(result.get("error")).get("error"))
+        return ItemResult(custom_id, ERRORED, error=f"{error.get('type', 'error')}: {error.get('message', '')}")
+
+    async def cancel(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> None:
+        await self._json(await client.post(self._url(f"/{batch_id}/cancel"), headers=self.model.request_headers(key)))

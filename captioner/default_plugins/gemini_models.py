@@ -14,12 +14,13 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
 
 from captioner.answers import parse_json
+from captioner.batch_api import ANSWERED, ERRORED, BatchStatus, ItemResult
 from captioner.hookspecs import hookimpl
 from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
@@ -211,6 +212,9 @@ class GeminiModel(HTTPModel):
     def endpoint(self) -> str:
         return f"{api_base()}/models/{self.model_id}:generateContent"
 
+    def batch_api(self) -> GeminiBatch:
+        return GeminiBatch(self)
+
     async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
         """A clip too big to send inline goes through the Files API first (and is deleted after)."""
         video = next((part for part in request.media if part.kind == "video"), None)
@@ -332,3 +336,102 @@ def register_models(register: Callable[[Model], None]) -> None:
 @hookimpl
 def model_for_name(name: str) -> Model | None:
     return GeminiModel(name, listed=False) if re.match(r"^(models/)?(gemini|gemma)-", name) else None
+
+
+BATCH_ENDED = {"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED",
+               "JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
+               "BATCH_STATE_PARTIALLY_SUCCEEDED"}
+INLINE_BATCH_BYTES = 20 * 1024 * 1024
+
+
+class GeminiBatch:
+    """Gemini's Batch Mode: requests inline in the create call while they stay
+    under 20 MB, else a JSONL file uploaded through the Files API; the job is a
+    long-running operation named by its display name (our tag)."""
+
+    max_requests = 1_000_000
+    max_bytes = 1900 * 1024 * 1024  # under the 2 GB input-file limit
+
+    def __init__(self, model: GeminiModel) -> None:
+        self.model = model
+
+    def line(self, request: CaptionRequest, custom_id: str) -> dict[str, Any]:
+        return {"key": custom_id, "request": self.model.build_body(request)}
+
+    async def _json(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code != 200:
+            raise map_error(response)
+        return as_dict(parse_json(response.content))
+
+    async def create(self, client: httpx.AsyncClient, lines: Any, count: int, tag: str, key: str | None) -> str:
+        url = f"{api_base()}/models/{self.model.model_id}:batchGenerateContent"
+        if os.path.getsize(lines) <= INLINE_BATCH_BYTES:
+            with open(lines, encoding="utf-8") as fh:
+                requests = [{"request": line["request"], "metadata": {"key": line["key"]}}
+                            for line in map(json.loads, fh)]
+            config: dict[str, Any] = {"requests": {"requests": requests}}
+        else:
+            with open(lines, "rb") as fh:
+                uploaded = await upload_file(client, fh.read(), "application/jsonl", key)
+            config = {"file_name": uploaded["name"]}
+        operation = await self._json(await client.post(
+            url, headers=self.model.request_headers(key),
+            content=json.dumps({"batch": {"display_name": tag, "input_config": config}})))
+        if not isinstance(operation.get("name"), str):
+            raise ProviderError("the batch job was created without a name")
+        return operation["name"]
+
+    async def find(self, client: httpx.AsyncClient, tag: str, count: int, since: str, key: str | None
+                   ) -> str | None:
+        listing = await self._json(await client.get(f"{api_base()}/batches", headers=self.model.request_headers(key)))
+        for operation in map(as_dict, as_list(listing.get("operations") or listing.get("batches"))):
+            metadata = as_dict(operation.get("metadata"))
+            if metadata.get("displayName") == tag and isinstance(operation.get("name"), str):
+                return operation["name"]
+        return None
+
+    async def poll(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> BatchStatus:
+        operation = await self._json(await client.get(f"{api_base()}/{batch_id}",
+                                                      headers=self.model.request_headers(key)))
+        metadata = as_dict(operation.get("metadata"))
+        state = str(metadata.get("state"))
+        # int64 counts arrive as strings ("requestCount": "100").
+        counts = {k: int(v) for k, v in as_dict(metadata.get("batchStats")).items() if str(v).isdigit()}
+        error = as_dict(operation.get("error")).get("message")
+        done = bool(operation.get("done")) or state in BATCH_ENDED
+        return BatchStatus(done, state, counts, str(error) if error and state.endswith("FAILED") else None)
+
+    async def results(self, client: httpx.AsyncClient, batch_id: str, key: str | None
+                      ) -> AsyncIterator[ItemResult]:
+        operation = await self._json(await client.get(f"{api_base()}/{batch_id}",
+                                                      headers=self.model.request_headers(key)))
+        response = as_dict(operation.get("response"))
+        inline = as_dict(response.get("inlinedResponses")).get("inlinedResponses")
+        for entry in map(as_dict, as_list(inline)):
+            yield self._item(entry, str(as_dict(entry.get("metadata")).get("key")))
+        responses_file = response.get("responsesFile")
+        if isinstance(responses_file, str):
+            root = re.sub(r"/v1(beta|alpha)?\d*$", "", api_base())
+            version = api_base()[len(root):]
+            async with client.stream("GET", f"{root}/download{version}/{responses_file}:download",
+                                     params={"alt": "media"}, headers=self.model.request_headers(key)) as stream:
+                if stream.status_code != 200:
+                    await stream.aread()
+                    raise map_error(stream)
+                async for text in stream.aiter_lines():
+                    if text.strip():
+                        line = as_dict(parse_json(text))
+                        yield self._item(line, str(line.get("key")))
+
+    @staticmethod
+    def _item(entry: dict[str, Any], custom_id: str) -> ItemResult:
+        if "response" in entry:
+            try:
+                return ItemResult(custom_id, ANSWERED, parse_response(entry["response"]))
+            except ProviderError as exc:
+                return ItemResult(custom_id, ERRORED, error=exc.message)
+        error = as_dict(entry.get("error"))
+        return ItemResult(custom_id, ERRORED, error=f"code {error.get('code')}: {error.get('message', '')}")
+
+    async def cancel(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> None:
+        await self._json(await client.post(f"{api_base()}/{batch_id}:cancel", headers=self.model.request_headers(key)))

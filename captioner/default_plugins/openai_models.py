@@ -301,7 +301,8 @@ class OpenAIBatch:
             raise ProviderError("the batch was created without an id", retryable=False)
         return created["id"]
 
-    async def find(self, client: httpx.AsyncClient, tag: str, count: int, key: str | None) -> str | None:
+    async def find(self, client: httpx.AsyncClient, tag: str, count: int, since: str, key: str | None
+                   ) -> str | None:
         listing = await self._json(await client.get(self._base() + "/batches", params={"limit": 100},
                                                     headers=self._auth(key)))
         for batch in map(as_dict, as_list(listing.get("data"))):
