@@ -17,11 +17,12 @@ sending differs. Never paying twice rests on three rules:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,16 +102,10 @@ async def submit(store: Store, model: Model, settings: RunSettings, roots: list[
     reserved_in_chunk = 0.0
     submitted_here: set[tuple[str, str]] = set()
     executor = ThreadPoolExecutor(max_workers=settings.prepare_threads)
-    loop = asyncio.get_running_loop()
     try:
-        for found in plan.todo:
+        async for found, sha, prepared in _prepared_in_order(plan.todo, runner, executor):
             recipe = runner.video_recipe if found.kind == "video" else runner.recipe
-            try:
-                if found.kind == "video":
-                    data, sha = b"", await loop.run_in_executor(executor, file_sha256, found.path)
-                else:
-                    data, sha = await loop.run_in_executor(executor, read_file, found.path, settings.max_file_bytes)
-            except OSError:
+            if isinstance(prepared, OSError):
                 summary.not_sent += 1
                 continue
             if (sha, recipe.key) in submitted_here:  # the same content at another path: one request
@@ -125,12 +120,10 @@ async def submit(store: Store, model: Model, settings: RunSettings, roots: list[
                 else:
                     summary.in_open_jobs += 1
                 continue
-            try:
-                prepared = await loop.run_in_executor(executor, _prepare_for, runner, found, data)
-            except ImageError as exc:
+            if isinstance(prepared, ImageError):
                 image_id = store.save_image(found.path, sha, found.size, found.mtime, kind=found.kind)
                 store.save_caption(image_id=image_id, run_id=run_id, result=CaptionResult(
-                    text=None, status=FAILED, error=str(exc)), **_caption_recipe(recipe))
+                    text=None, status=FAILED, error=str(prepared)), **_caption_recipe(recipe))
                 store.release(sha, recipe.key)
                 summary.failed_to_prepare += 1
                 continue
@@ -171,6 +164,36 @@ async def submit(store: Store, model: Model, settings: RunSettings, roots: list[
         summary.messages.append(f"stopped adding photos before the reservations could pass --max-cost "
                                 f"${settings.max_cost:g} (open jobs' reservations count too)")
     return summary
+
+
+async def _prepared_in_order(todo: list[Any], runner: Runner, executor: ThreadPoolExecutor
+                             ) -> AsyncIterator[tuple[Any, str, Any]]:
+    """(found, sha256, prepared media or the error) for each file, in order, with a
+    few files read and prepared ahead in the thread pool (every core busy, memory bounded)."""
+    loop = asyncio.get_running_loop()
+
+    def work(found: Any) -> tuple[str, Any]:
+        try:
+            if found.kind == "video":
+                data, sha = b"", file_sha256(found.path)
+            else:
+                data, sha = read_file(found.path, runner.settings.max_file_bytes)
+        except OSError as exc:
+            return "", exc
+        try:
+            return sha, _prepare_for(runner, found, data)
+        except ImageError as exc:
+            return sha, exc
+
+    ahead: collections.deque[tuple[Any, asyncio.Future[tuple[str, Any]]]] = collections.deque()
+    for found in todo:
+        ahead.append((found, loop.run_in_executor(executor, work, found)))
+        if len(ahead) > 2 * runner.settings.prepare_threads:
+            first, future = ahead.popleft()
+            yield (first, *await future)
+    while ahead:
+        first, future = ahead.popleft()
+        yield (first, *await future)
 
 
 def _temp_lines() -> Any:

@@ -490,8 +490,9 @@ def _progress_bar(total: int) -> Callable[[dict[str, Any]], None]:
 
 @cli.command()
 @db_option
-@click.option("--by", type=click.Choice(["model", "run", "day", "kind"]), default="model", show_default=True,
-              help="Group the totals by model, run, day (UTC) or kind (photos, videos)")
+@click.option("--by", type=click.Choice(["model", "run", "day", "kind", "mode"]), default="model",
+              show_default=True,
+              help="Group the totals by model, run, day (UTC), kind (photos, videos) or mode (batch, sync)")
 @json_option("the rows")
 def cost(db, by, as_json):
     """What the stored captions cost, by model, run or day.

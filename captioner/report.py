@@ -70,6 +70,8 @@ class RunSummary:
         }
 
 GROUPINGS = {
+    "mode": ("CASE WHEN EXISTS (SELECT 1 FROM batch_items b WHERE b.caption_id = c.id) THEN 'batch' "
+             "ELSE 'sync' END", "mode"),
     "kind": ("(SELECT kind FROM images WHERE images.id = c.image_id)", "kind"),
     "model": ("c.model", "model"),
     "run": ("c.run_id", "run"),

@@ -211,3 +211,10 @@ def test_gemini_sends_a_jsonl_file_when_inline_would_be_too_big(fake_gemini, pho
     (job,) = fake_gemini.jobs.values()
     assert job["from_file"] and any(f["mime"] == "application/jsonl" for f in fake_gemini.files.values())
     assert rows(db, "SELECT count(*) AS n FROM captions WHERE status = 'ok'")[0]["n"] == len(list(photos.iterdir()))
+
+
+def test_cost_separates_batch_and_synchronous_spending(fake_openai, photos, db):
+    run("caption", photos / "rocket.jpg", "-m", "gpt-4.1-nano", "--db", db)
+    run("caption", photos, "-m", "gpt-4.1-nano", "--db", db, *BATCH)
+    by_mode = {r["mode"]: r for r in json.loads(run("cost", "--db", db, "--by", "mode", "--json").output)}
+    assert by_mode["sync"]["ok"] == 1 and by_mode["batch"]["ok"] == len(list(photos.iterdir())) - 1
