@@ -40,6 +40,8 @@ from .pipeline import Runner, RunSettings, _prepare_for
 from .store import CLAIMED, Store
 
 Progress = Callable[[dict[str, Any]], None]
+# What a caption is assumed to cost in output for a job's estimate (as `captioner estimate` assumes).
+ASSUMED_OUTPUT_TOKENS = 100
 
 
 @dataclass
@@ -100,6 +102,7 @@ async def submit(store: Store, model: Model, settings: RunSettings, roots: list[
     chunk_file = _temp_lines()
     chunk_bytes = 0
     reserved_in_chunk = 0.0
+    estimated_in_chunk = 0.0
     submitted_here: set[tuple[str, str]] = set()
     executor = ThreadPoolExecutor(max_workers=settings.prepare_threads)
     try:
@@ -137,22 +140,27 @@ async def submit(store: Store, model: Model, settings: RunSettings, roots: list[
                 continue
             budget.reserved += worst
             reserved_in_chunk += worst
+            expected = pricing.price_request(model, estimated, ASSUMED_OUTPUT_TOKENS, user_prices=runner.user_prices)
+            estimated_in_chunk += (expected.cost_usd or 0.0) * discount
             custom_id = f"c{len(chunk) + 1}-{sha[:12]}"
             request = CaptionRequest(jpeg=prepared.jpeg, width=prepared.sent_width, height=prepared.sent_height,
                                      prompt=recipe.prompt, system=recipe.system, options=settings.options,
                                      key=settings.key, media=media)
             line = json.dumps(api.line(request, custom_id), separators=(",", ":")) + "\n"
             if chunk and (len(chunk) >= limit or chunk_bytes + len(line) > api.max_bytes):
+                this_one = (expected.cost_usd or 0.0) * discount
                 await _create_job(store, api, model, chunk, chunk_file, run_id, reserved_in_chunk - worst,
-                                  settings, summary)
-                chunk, chunk_file, chunk_bytes, reserved_in_chunk = [], _temp_lines(), 0, worst
+                                  estimated_in_chunk - this_one, settings, summary)
+                chunk, chunk_file, chunk_bytes = [], _temp_lines(), 0
+                reserved_in_chunk, estimated_in_chunk = worst, this_one
             chunk_file.write(line)
             chunk_bytes += len(line.encode())
             chunk.append((image_id, sha, recipe.columns(), custom_id, estimated))
             submitted_here.add((sha, recipe.key))
             progress({"advance": 1})
         if chunk:
-            await _create_job(store, api, model, chunk, chunk_file, run_id, reserved_in_chunk, settings, summary)
+            await _create_job(store, api, model, chunk, chunk_file, run_id, reserved_in_chunk, estimated_in_chunk,
+                              settings, summary)
         else:
             _discard(chunk_file)
     finally:
@@ -211,7 +219,7 @@ def _caption_recipe(recipe: Any) -> dict[str, Any]:
 
 
 async def _create_job(store: Store, api: BatchAPI, model: Model, chunk: list[tuple[int, str, dict[str, Any], str, int]],
-                      handle: Any, run_id: int, reserved: float, settings: RunSettings,
+                      handle: Any, run_id: int, reserved: float, estimated: float, settings: RunSettings,
                       summary: BatchSummary) -> None:
     """Record the job and its items, then create it at the provider."""
     handle.close()
@@ -222,7 +230,7 @@ async def _create_job(store: Store, api: BatchAPI, model: Model, chunk: list[tup
         store.add_batch_item(job_id, custom_id, image_id, sha, recipe, estimated)
         store.release(sha, recipe["recipe"])  # the open item is the claim from now on
     store.update_batch_job(job_id, status="creating", items=len(chunk), reserved_usd=reserved,
-                           estimated_cost_usd=reserved)
+                           estimated_cost_usd=estimated)
     summary.jobs.append(job_id)
     try:
         async with client(settings.timeout) as http:
