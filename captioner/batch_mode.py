@@ -226,8 +226,8 @@ async def _create_job(store: Store, api: BatchAPI, model: Model, chunk: list[tup
     path = Path(handle.name)
     tag = f"captioner-{uuid.uuid4().hex[:16]}"
     job_id = store.create_batch_job(tag, model.provider, model.model_id, chunk[0][2]["recipe"], run_id)
-    for image_id, sha, recipe, custom_id, estimated in chunk:
-        store.add_batch_item(job_id, custom_id, image_id, sha, recipe, estimated)
+    for image_id, sha, recipe, custom_id, tokens in chunk:
+        store.add_batch_item(job_id, custom_id, image_id, sha, recipe, tokens)
         store.release(sha, recipe["recipe"])  # the open item is the claim from now on
     store.update_batch_job(job_id, status="creating", items=len(chunk), reserved_usd=reserved,
                            estimated_cost_usd=estimated)
