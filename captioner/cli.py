@@ -338,6 +338,7 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
         run_batch(paths, model, settings, db, batch_size, not no_wait, poll_interval, as_json)
         return
     store = open_store(db or config.default_db())
+    collect_open_jobs(store, key)
     try:
         with request_log(verbose, log_file):
             summary = caption_paths(paths, model, store, settings, progress_factory=_progress_bar)
@@ -385,6 +386,23 @@ def request_log(verbose: bool, log_file: str | None) -> Iterator[None]:
         for handler in handlers:
             logger.removeHandler(handler)
             handler.close()
+
+
+def collect_open_jobs(store: Store, key: str | None) -> None:
+    """Before a synchronous run: store what open batch jobs have finished (their photos are
+    never sent again); a provider that cannot be reached now is tried next time."""
+    if not store.batch_jobs(open_only=True):
+        return
+    try:
+        collected = asyncio.run(batch_mode.collect(store, resolve_model, lambda m: config.resolve_key(m, key),
+                                                   None, False, 0))
+    except (httpx.HTTPError, ProviderError, ConfigError, ConfigFailure) as exc:
+        click.echo(f"open batch jobs not collected now ({exc.__class__.__name__}); "
+                   "`captioner batches collect` tries again", err=True)
+        return
+    if collected.collected_ok or collected.collected_failed:
+        for line in batch_lines(collected, "collected from open batch jobs"):
+            click.echo(line)
 
 
 def run_batch(paths: tuple[str, ...], model: Any, settings: RunSettings, db: str | None, batch_size: int,

@@ -284,16 +284,19 @@ def _key_header(key: str | None) -> dict[str, str]:
     return {"x-goog-api-key": key} if key else {}
 
 
-async def upload_file(client: httpx.AsyncClient, data: bytes, mime_type: str, key: str | None) -> dict[str, Any]:
+async def upload_file(client: httpx.AsyncClient, data: bytes | str, mime_type: str, key: str | None
+                      ) -> dict[str, Any]:
     """The Files API's resumable upload: start (the server answers with an upload
-    URL), then send the bytes and finalize. Returns the file resource."""
+    URL), then send the bytes (or stream the file at that path) and finalize.
+    Returns the file resource."""
+    size = os.path.getsize(data) if isinstance(data, str) else len(data)
     base = api_base()
     root = re.sub(r"/v1(beta|alpha)?\d*$", "", base)
     version = base[len(root):]
     start = await client.post(
         f"{root}/upload{version}/files",
         headers={**_key_header(key), "X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start",
-                 "X-Goog-Upload-Header-Content-Length": str(len(data)),
+                 "X-Goog-Upload-Header-Content-Length": str(size),
                  "X-Goog-Upload-Header-Content-Type": mime_type, "content-type": "application/json"},
         content=json.dumps({"file": {"display_name": "captioner clip"}}),
     )
@@ -301,8 +304,8 @@ async def upload_file(client: httpx.AsyncClient, data: bytes, mime_type: str, ke
     if start.status_code != 200 or not upload_url:
         raise map_error(start) if start.status_code != 200 else ProviderError("Files API gave no upload URL",
                                                                              retryable=True)
-    done = await client.post(upload_url, content=data,
-                             headers={**_key_header(key), "X-Goog-Upload-Offset": "0",
+    done = await client.post(upload_url, content=_file_chunks(data) if isinstance(data, str) else data,
+                             headers={**_key_header(key), "X-Goog-Upload-Offset": "0", "Content-Length": str(size),
                                       "X-Goog-Upload-Command": "upload, finalize"})
     if done.status_code != 200:
         raise map_error(done)
@@ -310,6 +313,12 @@ async def upload_file(client: httpx.AsyncClient, data: bytes, mime_type: str, ke
     if not isinstance(file.get("name"), str):
         raise ProviderError("Files API upload answered without a file name", retryable=True)
     return file
+
+
+async def _file_chunks(path: str) -> AsyncIterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            yield chunk
 
 
 async def wait_until_active(client: httpx.AsyncClient, file: dict[str, Any], key: str | None) -> dict[str, Any]:
@@ -371,8 +380,7 @@ class GeminiBatch:
                             for line in map(json.loads, fh)]
             config: dict[str, Any] = {"requests": {"requests": requests}}
         else:
-            with open(lines, "rb") as fh:
-                uploaded = await upload_file(client, fh.read(), "application/jsonl", key)
+            uploaded = await upload_file(client, str(lines), "application/jsonl", key)  # streamed from disk
             config = {"file_name": uploaded["name"]}
         operation = await self._json(await client.post(
             url, headers=self.model.request_headers(key),
