@@ -25,7 +25,7 @@ from .answers import MAX_OUTPUT_TOKENS
 from .batch_api import BatchUnavailable
 from .compare import COLUMNS as COMPARE_COLUMNS
 from .compare import compare as compare_models
-from .compare import render_page
+from .compare import judge_comparison, judged_page, render_page
 from .config import ConfigError
 from .models import ProviderError
 from .options import OptionError
@@ -672,16 +672,22 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
 @db_option
 @concurrency_option
 @selection_options
+@click.option("--judge", "judge_name", metavar="MODEL",
+              help="Also judge quality: this model compares every pair of captions of each photo, in both orders")
+@click.option("--max-cost", type=FiniteFloat(min=0, min_open=True), metavar="USD",
+              help="Stop before captions and judging together spend more than this")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
               help="Write a page with thumbnails and the captions side by side")
 @json_option("the comparison")
 def compare(paths, model_names, prompt, system, options, sample_size, db, concurrency, include, exclude,
-            max_file_mb, html_file, as_json):
-    """Caption the same sample of photos with several models and compare cost and words.
+            max_file_mb, judge_name, max_cost, html_file, as_json):
+    """Caption the same sample of photos with several models and compare cost and words;
+    with --judge, quality too (pairwise, both orders, with honest intervals).
 
     \b
-    Example:
+    Examples:
       captioner compare ~/Pictures -m gemini-2.5-flash-lite -m gpt-4.1-nano --html compare.html
+      captioner compare ~/Pictures -m A -m B -m C --judge claude-sonnet-4-5 --sample 30
     """
     _check_paths(paths)
     if len({name.strip() for name in model_names}) < 2:
@@ -689,29 +695,65 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
     if html_file:
         check_output_file(html_file, "--html")  # before paying for any caption
     models, keys = _models_and_keys(model_names, need_keys=True)
+    judge = judge_key = None
+    if judge_name:
+        (judge,), judge_keys = _models_and_keys((judge_name,), need_keys=True)
+        judge_key = judge_keys[judge.model_id]
     settings = RunSettings(prompt=prompt, system=system, options=check_options(models, options),
                            concurrency=concurrency, include=include, exclude=exclude,
-                           max_file_bytes=max_file_mb * 2**20)
+                           max_file_bytes=max_file_mb * 2**20, max_cost=max_cost)
     store = open_store(db or config.default_db())
+    judged = None
     try:
         result, summaries = compare_models(paths, models, keys, store, settings, sample_size,
                                            progress_factory=None if as_json else _progress_bar)
+        for summary in summaries:
+            if summary.status == "failed":
+                raise ConfigFailure(summary.message or f"{summary.model} failed")
+        if judge is not None:
+            spent = sum(s.cost_usd for s in summaries)
+            left = None if max_cost is None else max(0.0, max_cost - spent)
+            judged = judge_comparison(store, result, models, settings, judge, judge_key, left)
     finally:
         store.close()
-    for summary in summaries:
-        if summary.status == "failed":
-            raise ConfigFailure(summary.message or f"{summary.model} failed")
     if html_file:
         with open(html_file, "w", encoding="utf-8") as fh:
-            fh.write(render_page(result, models))
+            fh.write(judged_page(result, models, judged) if judged else render_page(result, models))
     if as_json:
-        print_json({"sample": len(result.paths), "photos": result.total_photos, "models": result.rows})
+        print_json({"sample": len(result.paths), "photos": result.total_photos, "models": result.rows,
+                    "judged": None if judged is None else {
+                        "judge": judged.judge, "models": judged.models, "pairs": judged.pairs,
+                        "judgements_made": judged.judgements_made, "judgements_reused": judged.judgements_reused,
+                        "judge_cost_usd": judged.cost_usd, "stopped": judged.stopped}})
         return
     click.echo(f"{len(result.paths)} sample photos of {result.total_photos}")
     money_columns = ("usd_per_image", "usd_per_1000", "projected_usd_all_photos")
     print_table([report.readable(r, money_columns) for r in result.rows], COMPARE_COLUMNS)
+    if judged is not None:
+        print_judged(judged)
     if html_file:
         click.echo(f"wrote {html_file}")
+
+
+def print_judged(judged: Any) -> None:
+    """The quality table: Bradley-Terry scores with bootstrap intervals, and pairwise win rates."""
+    click.echo(f"\njudged by {judged.judge} ({judged.judgements_made} new judgements, "
+               f"{judged.judgements_reused} reused, {report.money(judged.cost_usd)}); a verdict counts only when "
+               "both orders agree, otherwise it is a tie")
+    rows = [{"model": r["model"], "quality (BT)": f"{r['bt_score']:+.2f}",
+             "95% interval": "" if not r["bt_95ci"] else f"{r['bt_95ci'][0]:+.2f} .. {r['bt_95ci'][1]:+.2f}",
+             "ties": r["ties"], "per 1,000": report.money(r["usd_per_1000"]),
+             "pareto": "*" if r["pareto"] else ""} for r in judged.models]
+    print_table(rows, ["model", "quality (BT)", "95% interval", "ties", "per 1,000", "pareto"])
+    pairs = [{"model": p["model"], "vs": p["against"], "wins": p["wins"], "losses": p["losses"], "ties": p["ties"],
+              "invalid": p["invalid"],
+              "win rate [95% CI]": "" if p["win_rate"] is None else
+              f"{p['win_rate']:.0%} [{p['win_rate_95ci'][0]:.0%}, {p['win_rate_95ci'][1]:.0%}]"}
+             for p in judged.pairs]
+    click.echo("")
+    print_table(pairs, ["model", "vs", "wins", "losses", "ties", "invalid", "win rate [95% CI]"])
+    if judged.stopped:
+        click.echo(judged.stopped)
 
 
 @cli.command()

@@ -188,6 +188,8 @@ def cost_rows(store: Store, by: str) -> list[dict[str, Any]]:
         row["estimated_input_per_image"] = round(est, 1) if est is not None else None
         row["billed_input_per_image"] = round(billed, 1) if billed is not None else None
         row["estimate_error_pct"] = round((est - billed) / billed * 100, 1) if est is not None and billed else None
+    if by == "model" and store.db["judgements"].exists():
+        rows += judge_cost_rows(store)
     if by == "run":
         runs = {r["id"]: r for r in store.query("SELECT id, model, status, started_at FROM runs")}
         for row in rows:
@@ -224,6 +226,22 @@ def model_rows(models: list[Model], default: str) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def judge_cost_rows(store: Store) -> list[dict[str, Any]]:
+    """What judging cost, one row per judge model (`compare --judge`), beside the captioning rows."""
+    found = []
+    for row in store.query(
+            """SELECT judge_model || ' (judge)' AS model, count(*) AS captions, sum(verdict != 'invalid') AS ok,
+                      sum(verdict = 'invalid') AS failed, 0 AS refused_or_blocked,
+                      coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
+                      round(sum(cost_usd), 8) AS cost_usd,
+                      sum(cost_usd IS NULL AND input_tokens IS NOT NULL) AS unpriced
+               FROM judgements GROUP BY judge_model ORDER BY judge_model"""):
+        row.update(cost_per_1000_images=None, mean_input_tokens=None, estimated_input_per_image=None,
+                   billed_input_per_image=None, estimate_error_pct=None)
+        found.append(row)
+    return found
 
 
 def captions_of(store: Store, paths: list[str]) -> list[dict[str, Any]]:

@@ -263,6 +263,28 @@ MIGRATIONS: list[tuple[str, list[str | Callable[[sqlite3.Connection], None]]]] =
             "CREATE INDEX idx_batch_items_open ON batch_items (sha256, recipe, status)",
         ],
     ),
+    (
+        "judgements: a judge model's pairwise verdicts on two captions of one photo, in each order",
+        [
+            """CREATE TABLE judgements (
+                id INTEGER PRIMARY KEY,
+                image_id INTEGER NOT NULL REFERENCES images(id),
+                caption_a_id INTEGER NOT NULL REFERENCES captions(id),
+                caption_b_id INTEGER NOT NULL REFERENCES captions(id),
+                judge_model TEXT NOT NULL,
+                judge_prompt TEXT NOT NULL,
+                "order" TEXT NOT NULL,
+                verdict TEXT NOT NULL,
+                reason TEXT,
+                input_tokens INTEGER,
+                output_tokens INTEGER,
+                cost_usd REAL,
+                created_at TEXT,
+                raw TEXT,
+                UNIQUE (caption_a_id, caption_b_id, judge_model, judge_prompt, "order")
+            )""",
+        ],
+    ),
 ]
 
 # Jobs that may still produce results (or whose create call's answer was lost).
@@ -662,6 +684,18 @@ class Store:
             conn.execute("UPDATE batch_items SET status = ?, caption_id = ? WHERE id = ?",
                          (status, caption_id, item_id))
             return True
+
+    # -- judgements --------------------------------------------------------
+
+    def judgement(self, a: int, b: int, judge: str, prompt: str, order: str) -> dict[str, Any] | None:
+        return next(iter(self.query(
+            'SELECT * FROM judgements WHERE caption_a_id = ? AND caption_b_id = ? AND judge_model = ? '
+            'AND judge_prompt = ? AND "order" = ?', (a, b, judge, prompt, order))), None)
+
+    def save_judgement(self, row: dict[str, Any]) -> None:
+        columns = ", ".join(f'"{c}"' for c in row)
+        self._write(f"INSERT OR IGNORE INTO judgements ({columns}) VALUES ({', '.join('?' * len(row))})",
+                    tuple(row.values()))
 
     # -- recovery: answers the database could not take -------------------
 

@@ -464,6 +464,7 @@ class FakeAnthropic(FakeServer, BatchJobs):
         BatchJobs.__init__(self)
         self.output_tokens = output_tokens
         self.answer_override: Callable[[dict], dict] | None = None
+        self.respond: Callable[[str, list[bytes]], str] | None = None  # (prompt text, images) -> answer text
 
     def _public(self, job: dict) -> dict:
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
@@ -530,7 +531,8 @@ class FakeAnthropic(FakeServer, BatchJobs):
         text = " ".join(b.get("text", "") for m in body["messages"] for b in m["content"] if b.get("type") == "text")
         reply = {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"],
-            "content": [{"type": "text", "text": image_label(images[0]) if images else "no image"}],
+            "content": [{"type": "text", "text": self.respond(text, images) if self.respond
+                         else image_label(images[0]) if images else "no image"}],
             "stop_reason": "end_turn", "stop_sequence": None,
             "usage": {"input_tokens": tokens + text_tokens(text) + text_tokens(body.get("system", "")),
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
