@@ -19,6 +19,7 @@ import click
 import httpx
 
 from . import batch_mode, config, pricing, report
+from . import compare as compare_module
 from . import estimate as estimating
 from . import export as exporting
 from .answers import MAX_OUTPUT_TOKENS
@@ -724,7 +725,8 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
                     "judged": None if judged is None else {
                         "judge": judged.judge, "models": judged.models, "pairs": judged.pairs,
                         "judgements_made": judged.judgements_made, "judgements_reused": judged.judgements_reused,
-                        "judge_cost_usd": judged.cost_usd, "stopped": judged.stopped}})
+                        "judge_cost_usd": judged.cost_usd, "judge_estimate_usd": judged.estimated_usd,
+                        "stopped": judged.stopped}})
         return
     click.echo(f"{len(result.paths)} sample photos of {result.total_photos}")
     money_columns = ("usd_per_image", "usd_per_1000", "projected_usd_all_photos")
@@ -738,7 +740,8 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
 def print_judged(judged: Any) -> None:
     """The quality table: Bradley-Terry scores with bootstrap intervals, and pairwise win rates."""
     click.echo(f"\njudged by {judged.judge} ({judged.judgements_made} new judgements, "
-               f"{judged.judgements_reused} reused, {report.money(judged.cost_usd)}); a verdict counts only when "
+               f"{judged.judgements_reused} reused, {report.money(judged.cost_usd)}, estimated "
+               f"{report.money(judged.estimated_usd)}); a verdict counts only when "
                "both orders agree, otherwise it is a tie")
     rows = [{"model": r["model"], "quality (BT)": f"{r['bt_score']:+.2f}",
              "95% interval": "" if not r["bt_95ci"] else f"{r['bt_95ci'][0]:+.2f} .. {r['bt_95ci'][1]:+.2f}",
@@ -1050,3 +1053,43 @@ def batches_cancel(db, job_id, key):
     finally:
         store.close()
     click.echo(f"cancel requested for job {job_id}; `captioner batches collect {job_id}` stores what it finished")
+
+
+@cli.command("eval")
+@click.argument("paths", nargs=-1)
+@click.option("--references", "references_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              metavar="FILE.csv", help="CSV of photo path and a human reference caption (several rows per photo ok)")
+@click.option("-m", "--model", "model_names", multiple=True, required=True, help="Model id (repeatable)")
+@recipe_options
+@db_option
+@json_option("the scores")
+def eval_command(paths, references_file, model_names, prompt, system, options, db, as_json):
+    """Score models' captions against human references with BLEU-4 (a weak signal: see the README).
+
+    \\b
+    Example:
+      captioner eval --references refs.csv -m gemini-2.5-flash-lite -m gpt-4.1-nano
+    """
+    try:
+        references = compare_module.read_references(references_file)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigFailure(f"cannot read {references_file}: {exc}") from exc
+    if paths:
+        wanted = [os.path.abspath(p) for p in paths]
+        references = {p: r for p, r in references.items()
+                      if any(p == w or p.startswith(w.rstrip(os.sep) + os.sep) for w in wanted)}
+    if not references:
+        raise ConfigFailure(f"no references in {references_file} (rows of: path,reference caption)")
+    models, keys = _models_and_keys(model_names, need_keys=True)
+    settings = RunSettings(prompt=prompt, system=system, options=check_options(models, options))
+    store = open_store(db or config.default_db())
+    try:
+        table, _ = compare_module.evaluate(store, models, keys, settings, references)
+    finally:
+        store.close()
+    if as_json:
+        print_json(table)
+        return
+    print_table(table, ["model", "photos", "bleu4", "mean_words"])
+    click.echo("BLEU-4 counts shared word sequences with the references: it rewards wording, not truth. "
+               "Prefer `compare --judge`.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -19,7 +20,7 @@ from .judge import FIRST, INVALID, SECOND, judge_prompt, parse_verdict, prompt_i
 from .media import ImageError, prepare_image, read_file
 from .models import CaptionRequest, CaptionResult, Model, ProviderError
 from .pipeline import RunSettings, caption_paths
-from .quality import Match, bootstrap_bradley_terry, bradley_terry, pareto_front, wilson
+from .quality import Match, bleu4, bootstrap_bradley_terry, bradley_terry, pareto_front, wilson
 from .recipe import Recipe, recipe_for
 from .report import RunSummary
 from .scan import DEFAULT_MAX_FILE_BYTES, Found, scan
@@ -129,6 +130,7 @@ class Judged:
     judgements_made: int = 0
     judgements_reused: int = 0
     cost_usd: float = 0.0
+    estimated_usd: float | None = 0.0  # what the judgements still to make were expected to cost
     stopped: str | None = None
 
 
@@ -215,9 +217,27 @@ def judge_comparison(store: Store, comparison: Comparison, models: Sequence[Mode
         if image is not None:
             job.update(jpeg=image.jpeg, width=image.sent_width, height=image.sent_height)
     jobs = [job for job in jobs if "jpeg" in job]
+    judged.estimated_usd = _judging_estimate(judge, jobs)
     asyncio.run(_judge_all(store, judge, key, jobs, max_cost, settings.concurrency, judged))
     _figures(store, comparison, ids, rows_by_model, judge, prompt_version, bootstrap_rounds, judged)
     return judged
+
+
+# A verdict with its one-sentence reason, in output tokens.
+JUDGE_OUTPUT_TOKENS = 60
+
+
+def _judging_estimate(judge: Model, jobs: list[dict[str, Any]]) -> float | None:
+    """The judgements' cost before they are made: the judge's image rule plus both captions and the rubric."""
+    total = 0.0
+    for job in jobs:
+        tokens = pricing.estimated_input_tokens(judge, job["width"], job["height"], {},
+                                                judge_prompt(job["first"], job["second"]), None)
+        cost = pricing.price_request(judge, tokens, JUDGE_OUTPUT_TOKENS).cost_usd
+        if cost is None:
+            return None
+        total += cost
+    return total
 
 
 def _figures(store: Store, comparison: Comparison, ids: list[str], rows_by_model: dict[str, Any], judge: Model,
@@ -290,3 +310,38 @@ def judged_page(comparison: Comparison, models: Sequence[Model], judged: Judged)
 
 
 JUDGED_COLUMNS = ["model", "bt_score", "bt_95ci", "ties", "usd_per_1000", "pareto"]
+
+
+def read_references(path: str) -> dict[str, list[str]]:
+    """`path,reference` rows (a header row is allowed; several rows per photo are several references)."""
+    import csv
+
+    references: dict[str, list[str]] = {}
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path, encoding="utf-8", newline="") as fh:
+        for row in csv.reader(fh):
+            if len(row) < 2 or row[0].strip().lower() == "path" or not row[1].strip():
+                continue
+            photo = row[0].strip()
+            photo = photo if os.path.isabs(photo) else os.path.join(base, photo)
+            references.setdefault(os.path.abspath(photo), []).append(row[1].strip())
+    return references
+
+
+def evaluate(store: Store, models: Sequence[Model], keys: dict[str, str | None], settings: RunSettings,
+             references: dict[str, list[str]]) -> tuple[list[dict[str, Any]], list[RunSummary]]:
+    """Caption the referenced photos with each model (reusing stored captions) and score them with BLEU-4."""
+    paths = sorted(p for p in references if os.path.exists(p))
+    summaries = [caption_paths(paths, model, store, replace(settings, key=keys.get(model.model_id)))
+                 for model in models]
+    table = []
+    for model in models:
+        found = latest_captions(store, paths, recipe_for(model, settings.prompt, settings.system, settings.options,
+                                                         settings.max_side))
+        scored = [p for p in paths if p in found and found[p]["status"] == "ok"]
+        candidates = [found[p]["caption"] for p in scored]
+        table.append({"model": model.model_id, "photos": len(scored),
+                      "bleu4": round(bleu4(candidates, [references[p] for p in scored]), 4),
+                      "mean_words": round(statistics.mean(len(c.split()) for c in candidates), 1) if candidates
+                      else None})
+    return table, summaries

@@ -84,3 +84,46 @@ def pareto_front(points: dict[str, tuple[float | None, float]]) -> set[str]:
         if not dominated:
             front.add(model)
     return front
+
+
+def _tokens(text: str) -> list[str]:
+    """Lower-case words and numbers (a plain regex tokenizer; no Java PTB tokenizer)."""
+    import re
+
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _ngrams(words: list[str], n: int) -> dict[tuple[str, ...], int]:
+    counts: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i:i + n])
+        counts[gram] = counts.get(gram, 0) + 1
+    return counts
+
+
+def bleu4(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus BLEU-4 (Papineni et al. 2002): clipped n-gram precisions for n = 1..4,
+    geometric mean with add-one smoothing for n > 1, and the brevity penalty against
+    the closest reference length. 0..1; only meaningful with human references."""
+    matched = [0] * 4
+    total = [0] * 4
+    candidate_length = reference_length = 0
+    for candidate, refs in zip(candidates, references):
+        words = _tokens(candidate)
+        ref_words = [_tokens(r) for r in refs]
+        candidate_length += len(words)
+        reference_length += min((len(r) for r in ref_words), key=lambda length: (abs(length - len(words)), length),
+                                default=0)
+        for n in range(1, 5):
+            counts = _ngrams(words, n)
+            best: dict[tuple[str, ...], int] = {}
+            for r in ref_words:
+                for gram, count in _ngrams(r, n).items():
+                    best[gram] = max(best.get(gram, 0), count)
+            matched[n - 1] += sum(min(count, best.get(gram, 0)) for gram, count in counts.items())
+            total[n - 1] += max(0, len(words) - n + 1)
+    if candidate_length == 0 or total[0] == 0 or matched[0] == 0:
+        return 0.0
+    log_precision = sum(math.log((matched[i] + (i > 0)) / (total[i] + (i > 0))) for i in range(4)) / 4
+    brevity = 1.0 if candidate_length > reference_length else math.exp(1 - reference_length / candidate_length)
+    return brevity * math.exp(log_precision)

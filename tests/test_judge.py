@@ -146,3 +146,43 @@ def test_judging_costs_show_in_cost(fake_openai, fake_gemini, fake_anthropic, ph
         "--sample", "3", "--db", db)
     by_model = {r["model"]: r for r in json.loads(run("cost", "--db", db, "--json").output)}
     assert by_model["claude-haiku-4-5 (judge)"]["cost_usd"] > 0
+
+
+# -- reference-based scores -----------------------------------------------------------------------
+
+
+def test_bleu4_matches_worked_values():
+    from captioner.quality import bleu4
+
+    assert bleu4(["a red rocket on the launch pad at dusk"], [["a red rocket on the launch pad at dusk"]]) == 1.0
+    assert bleu4(["completely different words here"], [["a red rocket on the pad"]]) == 0.0
+    partial = bleu4(["a red rocket on a pad"], [["a red rocket on the launch pad"]])
+    assert 0.2 < partial < 0.6
+
+
+def test_eval_scores_models_against_references(fake_openai, photos, db, tmp_path):
+    from captioner.media import prepare_image, read_file
+
+    # References that repeat what the fake "sees" for two photos: the caption matching them scores higher.
+    refs = tmp_path / "refs.csv"
+    lines = ["path,reference"]
+    for name in ("rocket.jpg", "coffee.png"):
+        data, _ = read_file(str(photos / name))
+        lines.append(f"{photos / name},{image_label(prepare_image(data, 1024).jpeg)}")
+    refs.write_text("\n".join(lines) + "\n")
+    fake_openai.answer_override = lambda reply: (reply["choices"][0]["message"].__setitem__(
+        "content", "an unrelated sentence") or reply) if reply["model"] == "gpt-4.1-nano" else reply
+    result = run("eval", "--references", refs, "-m", "gpt-4o-mini", "-m", "gpt-4.1-nano", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    scores = {r["model"]: r for r in json.loads(result.output)}
+    assert scores["gpt-4o-mini"]["bleu4"] == 1.0 and scores["gpt-4.1-nano"]["bleu4"] == 0.0
+    assert scores["gpt-4o-mini"]["photos"] == 2
+
+
+def test_the_judging_estimate_is_close_to_what_judging_cost(fake_openai, fake_gemini, fake_anthropic, photos, db):
+    fake_anthropic.respond = fair_judge
+    result = run("compare", photos, "-m", "gpt-4o-mini", "-m", "gemini-2.5-flash-lite", "--judge",
+                 "claude-haiku-4-5", "--sample", "5", "--db", db, "--json")
+    judged = json.loads(result.output)["judged"]
+    # Input is estimated closely; the output is assumed at 60 tokens (the fake judge writes 24).
+    assert judged["judge_cost_usd"] <= judged["judge_estimate_usd"] <= 1.5 * judged["judge_cost_usd"]
