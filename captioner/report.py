@@ -238,7 +238,8 @@ def judge_cost_rows(store: Store) -> list[dict[str, Any]]:
                       round(sum(cost_usd), 8) AS cost_usd,
                       sum(cost_usd IS NULL AND input_tokens IS NOT NULL) AS unpriced
                FROM judgements GROUP BY judge_model ORDER BY judge_model"""):
-        row.update(cost_per_1000_images=None, mean_input_tokens=None, estimated_input_per_image=None,
+        row.update(cost_per_1000_images=pricing.per_thousand(row["cost_usd"], row["captions"]),
+                   mean_input_tokens=None, estimated_input_per_image=None,
                    billed_input_per_image=None, estimate_error_pct=None)
         found.append(row)
     return found
