@@ -9,14 +9,15 @@ poll it, read its per-item results, cancel it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
-from .models import CaptionRequest, CaptionResult
+from .answers import parse_json
+from .models import CaptionRequest, CaptionResult, ProviderError, as_dict
 
 # Per-item outcomes as providers report them.
 ANSWERED, ERRORED, EXPIRED, CANCELLED = "answered", "errored", "expired", "cancelled"
@@ -66,3 +67,19 @@ class BatchAPI(Protocol):
 
 class BatchUnavailable(Exception):
     """The model's provider has no batch API."""
+
+
+async def jsonl_lines(client: httpx.AsyncClient, url: str, headers: dict[str, str],
+                      map_error: Callable[[httpx.Response], Exception], params: dict[str, str] | None = None
+                      ) -> AsyncIterator[dict[str, Any] | None]:
+    """The lines of a JSONL results file, read as they stream in (None for a line that is not JSON)."""
+    async with client.stream("GET", url, headers=headers, params=params) as response:
+        if response.status_code != 200:
+            await response.aread()
+            raise map_error(response)
+        async for text in response.aiter_lines():
+            if text.strip():
+                try:
+                    yield as_dict(parse_json(text))
+                except ProviderError:
+                    yield None

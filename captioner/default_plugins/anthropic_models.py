@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from captioner.answers import parse_json
-from captioner.batch_api import ANSWERED, CANCELLED, ERRORED, EXPIRED, BatchStatus, ItemResult
+from captioner.batch_api import ANSWERED, CANCELLED, ERRORED, EXPIRED, BatchStatus, ItemResult, jsonl_lines
 from captioner.hookspecs import hookimpl
 from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
@@ -238,19 +238,12 @@ class AnthropicBatch:
         url = batch.get("results_url")
         if not isinstance(url, str):
             return
-        async with client.stream("GET", url, headers=self.model.request_headers(key)) as response:
-            if response.status_code != 200:
-                await response.aread()
-                raise map_error(response)
-            async for text in response.aiter_lines():
-                if text.strip():
-                    yield self._item(text)
+        async for line in jsonl_lines(client, url, self.model.request_headers(key), map_error):
+            yield self._item(line)
 
     @staticmethod
-    def _item(text: str) -> ItemResult:
-        try:
-            line = as_dict(parse_json(text))
-        except ProviderError:
+    def _item(line: dict[str, Any] | None) -> ItemResult:
+        if line is None:
             return ItemResult("", ERRORED, error="unreadable result line")
         custom_id = str(line.get("custom_id"))
         result = as_dict(line.get("result"))

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from captioner.answers import parse_json
-from captioner.batch_api import ANSWERED, ERRORED, BatchStatus, ItemResult
+from captioner.batch_api import ANSWERED, ERRORED, BatchStatus, ItemResult, jsonl_lines
 from captioner.hookspecs import hookimpl
 from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
@@ -421,15 +421,9 @@ class GeminiBatch:
         if isinstance(responses_file, str):
             root = re.sub(r"/v1(beta|alpha)?\d*$", "", api_base())
             version = api_base()[len(root):]
-            async with client.stream("GET", f"{root}/download{version}/{responses_file}:download",
-                                     params={"alt": "media"}, headers=self.model.request_headers(key)) as stream:
-                if stream.status_code != 200:
-                    await stream.aread()
-                    raise map_error(stream)
-                async for text in stream.aiter_lines():
-                    if text.strip():
-                        line = as_dict(parse_json(text))
-                        yield self._item(line, str(line.get("key")))
+            async for line in jsonl_lines(client, f"{root}/download{version}/{responses_file}:download",
+                                          self.model.request_headers(key), map_error, params={"alt": "media"}):
+                yield self._item(line or {}, str((line or {}).get("key")))
 
     @staticmethod
     def _item(entry: dict[str, Any], custom_id: str) -> ItemResult:

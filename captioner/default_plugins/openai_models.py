@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from captioner.answers import parse_json
-from captioner.batch_api import ANSWERED, CANCELLED, ERRORED, EXPIRED, BatchStatus, ItemResult
+from captioner.batch_api import ANSWERED, CANCELLED, ERRORED, EXPIRED, BatchStatus, ItemResult, jsonl_lines
 from captioner.hookspecs import hookimpl
 from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
@@ -324,20 +324,13 @@ class OpenAIBatch:
         for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
             if not isinstance(file_id, str):
                 continue
-            async with client.stream("GET", f"{self._base()}/files/{file_id}/content",
-                                     headers=self._auth(key)) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise map_error(response)
-                async for text in response.aiter_lines():
-                    if text.strip():
-                        yield self._item(text)
+            async for line in jsonl_lines(client, f"{self._base()}/files/{file_id}/content", self._auth(key),
+                                          map_error):
+                yield self._item(line)
 
     @staticmethod
-    def _item(text: str) -> ItemResult:
-        try:
-            line = as_dict(parse_json(text))
-        except ProviderError:
+    def _item(line: dict[str, Any] | None) -> ItemResult:
+        if line is None:
             return ItemResult("", ERRORED, error="unreadable result line")
         custom_id = str(line.get("custom_id"))
         error = as_dict(line.get("error"))
