@@ -32,6 +32,7 @@ from .models import ProviderError
 from .options import OptionError
 from .pipeline import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT, RunSettings, caption_paths
 from .plugins import UnknownModel, discovered_models, get_model, listed_models
+from .pool import check_models
 from .scan import DEFAULT_MAX_FILE_BYTES
 from .search import MARK_END, MARK_START, Interrupted, QueryError, interruptible, run_sql
 from .search import search as search_captions
@@ -259,6 +260,10 @@ video_options = stack(
 )
 max_side_option = click.option("--max-side", type=click.IntRange(64, 8192), metavar="PX",
                                help="Long side of the image sent [default: the model's, usually 1024]")
+base_url_option = click.option(
+    "--base-url", "base_urls", multiple=True, metavar="URL",
+    help="An OpenAI-compatible endpoint (repeatable: a pool, each with its own --concurrency) "
+         "[default: $OPENAI_BASE_URL, which may list several separated by commas]")
 concurrency_option = click.option("--concurrency", type=click.IntRange(1, 512), default=8, show_default=True,
                                   help="Requests in flight at once (lowered automatically on rate limits)")
 
@@ -276,6 +281,7 @@ def cli() -> None:
 @db_option
 @click.option("--key", help="API key (overrides the keys file and env vars)")
 @concurrency_option
+@base_url_option
 @click.option("--max-cost", type=FiniteFloat(min=0, min_open=True), metavar="USD",
               help="Stop before spending more than this")
 @click.option("--limit", type=click.IntRange(0, 10**9), help="Caption at most N new images")
@@ -306,7 +312,7 @@ def cli() -> None:
 @click.option("--log", "log_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="Append the same log to FILE (never keys or image bytes)")
 @json_option("the summary")
-def caption(paths, model_name, prompt, system, options, db, key, concurrency, max_cost, limit,
+def caption(paths, model_name, prompt, system, options, db, key, concurrency, base_urls, max_cost, limit,
             max_side, include, exclude, max_file_mb, no_videos, max_video_seconds, video_prompt, live_photos,
             force, retry_failed, retries, timeout, rpm, backoff, use_batch, no_wait, poll_interval, batch_size,
             verbose, log_file, as_json):
@@ -334,6 +340,7 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ma
         include=include, exclude=exclude, max_file_bytes=max_file_mb * 2**20, videos=not no_videos,
         max_video_seconds=max_video_seconds, live_photos=live_photos,
         video_prompt=video_prompt or (prompt if prompt != DEFAULT_PROMPT else DEFAULT_VIDEO_PROMPT),
+        base_urls=check_endpoints(model, base_urls, keys[model.model_id]),
     )
     if use_batch:
         run_batch(paths, model, settings, db, batch_size, not no_wait, poll_interval, as_json)
@@ -404,6 +411,19 @@ def collect_open_jobs(store: Store, key: str | None) -> None:
     if collected.collected_ok or collected.collected_failed:
         for line in batch_lines(collected, "collected from open batch jobs"):
             click.echo(line)
+
+
+def check_endpoints(model: Any, given: tuple[str, ...], key: str | None) -> tuple[str, ...]:
+    """An endpoint pool: every endpoint must answer GET /models and serve the model, before anything is read."""
+    urls = [u.rstrip("/") for u in given] or model.endpoints()
+    if given and not model.endpoints():
+        raise ConfigFailure(f"--base-url is for OpenAI-compatible models (-m openai/NAME); {model.model_id} has one "
+                            "server")
+    if given or len(urls) > 1:
+        problem = check_models(urls, getattr(model, "api_model", model.model_id), key)
+        if problem:
+            raise ConfigFailure(for_terminal(problem))
+    return tuple(u.rstrip("/") for u in given)
 
 
 def run_batch(paths: tuple[str, ...], model: Any, settings: RunSettings, db: str | None, batch_size: int,

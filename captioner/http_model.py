@@ -40,6 +40,10 @@ class HTTPModel(Model):
         """The URL requests are posted to (read from the environment at call time)."""
         raise NotImplementedError
 
+    def endpoint_for(self, request: CaptionRequest) -> str:
+        """The URL for this request (a model served by several endpoints picks by `request.base_url`)."""
+        return self.endpoint()
+
     def auth_headers(self, key: str) -> dict[str, str]:
         """Headers that carry the API key."""
         return {"Authorization": f"Bearer {key}"}
@@ -79,7 +83,7 @@ class HTTPModel(Model):
 
     async def caption(self, request: CaptionRequest, client: httpx.AsyncClient) -> CaptionResult:
         body = json.dumps(self.build_body(request))
-        response = await post_capped(client, self.endpoint(), body, self.request_headers(request.key))
+        response = await post_capped(client, self.endpoint_for(request), body, self.request_headers(request.key))
         if response.status_code != 200:
             raise self.map_error(response)
         try:

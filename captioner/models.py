@@ -50,6 +50,8 @@ class CaptionRequest:
     # `media` holds the clip itself or its frames, for models that declare they
     # take them (`Model.accepts_video`, `Model.max_images`).
     media: tuple[Any, ...] = ()
+    # Which of several endpoints serves this request (an endpoint pool sets it).
+    base_url: str | None = None
 
     def __repr__(self) -> str:
         return (f"CaptionRequest(jpeg=<{len(self.jpeg):,} bytes>, width={self.width}, height={self.height}, "
@@ -133,6 +135,10 @@ class Model:
     accepted_options: Sequence[Option] | None = None
     accepts_video: bool = False  # takes a video clip itself (else frames are sent)
     max_images: int = 1  # images one request may carry
+
+    def endpoints(self) -> list[str]:
+        """Several base URLs serving this model (an endpoint pool), or [] for one fixed server."""
+        return []
 
     def batch_api(self) -> Any:
         """The provider's batch API (`captioner.batch_api.BatchAPI`), or None if it has none."""

@@ -35,6 +35,7 @@ from .ledger import Ledger, PhotoFile, failed
 from .media import ImageError, PreparedImage, file_sha256, prepare_image, read_file
 from .models import CaptionRequest, Model
 from .plan import Plan, make_plan
+from .pool import EndpointPool
 from .recipe import Recipe, recipe_for
 from .report import RunSummary
 from .scan import DEFAULT_MAX_FILE_BYTES, Found
@@ -111,6 +112,7 @@ class RunSettings:
     max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS
     videos: bool = True
     live_photos: str = "skip"  # or "separate"
+    base_urls: Sequence[str] = ()  # an endpoint pool for OpenAI-compatible servers
     prepare_threads: int = max(2, os.cpu_count() or 2)
 
     def retry_policy(self) -> RetryPolicy:
@@ -133,7 +135,11 @@ class Runner:
         self.user_prices = pricing.load_user_prices()
         self.control = RunControl(model.model_id)
         self.budget = Budget(settings.max_cost, model, settings.options, self.user_prices)
-        self.limit = AdaptiveLimit(settings.concurrency)
+        urls = list(settings.base_urls) or model.endpoints()
+        # Several endpoints (or one named with --base-url): a pool, each endpoint with its own limit.
+        self.limit: AdaptiveLimit | EndpointPool = (
+            EndpointPool(urls, settings.concurrency) if settings.base_urls or len(urls) > 1
+            else AdaptiveLimit(settings.concurrency))
         self.inflight: dict[str, asyncio.Future[None]] = {}
         self.finished_shas: set[str] = set()  # content handled in this run, even with --force
 
@@ -165,6 +171,8 @@ class Runner:
         finally:
             self.write.close()
             summary.status, summary.message = self.control.status, self.control.message
+            if isinstance(self.limit, EndpointPool):
+                summary.endpoints = self.limit.stats()
             self._finish(run_id, summary, len(plan.todo) + plan.skipped_done)
         return summary
 
@@ -174,7 +182,7 @@ class Runner:
         ledger = self.ledger
         try:
             self.store.release_all()
-            totals = self.store.finish_run(run_id, summary.status, images_total)
+            totals = self.store.finish_run(run_id, summary.status, images_total, summary.endpoints or None)
             summary.unpriced = totals["unpriced"]
         except sqlite3.Error:
             kept = self.store.keep_for_recovery({"kind": "run_end", "run_id": run_id, "status": summary.status,
@@ -203,7 +211,8 @@ class Runner:
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=s.prepare_threads, thread_name_prefix="prepare")
         timeout = httpx.Timeout(s.timeout, connect=s.connect_timeout)
-        limits = httpx.Limits(max_connections=s.concurrency, max_keepalive_connections=s.concurrency)
+        slots = self.limit.maximum
+        limits = httpx.Limits(max_connections=slots, max_keepalive_connections=slots)
         queue = iter(todo)
         tasks: list[asyncio.Task[None]] = []
 
@@ -225,7 +234,7 @@ class Runner:
                                 on_retry=self.ledger.retried)
                 # More workers than request slots, so images are being prepared
                 # while the slots are busy waiting on the network.
-                workers = s.concurrency + s.prepare_threads
+                workers = self.limit.maximum + s.prepare_threads
                 tasks = [asyncio.create_task(self._worker(queue, sender, executor)) for _ in range(workers)]
                 results = await asyncio.gather(*tasks, return_exceptions=True)
                 for result in results:

@@ -37,6 +37,7 @@ class RunSummary:
     failed_before: int = 0  # photos skipped because they failed before (not retried)
     found: int = 0  # image files under the paths (done or not)
     clipped: int = 0  # video clips longer than --max-video-seconds (sent in part)
+    endpoints: dict[str, Any] = field(default_factory=dict)  # an endpoint pool: answered and median ms each
     # What this run wrote, photo by photo (kept for small runs, to show at the end).
     answers: list[tuple[str, str, str | None]] = field(default_factory=list)
 
@@ -65,6 +66,7 @@ class RunSummary:
             "retries": self.retries,
             "message": self.message,
             "database": self.database,
+            "endpoints": self.endpoints,
             "failed_before": self.failed_before,
             "captions": [{"path": p, "status": s, "caption": c} for p, s, c in self.answers],
         }
@@ -127,6 +129,10 @@ def summary_lines(summary: RunSummary) -> list[str]:
             lines.append(f"  failed: {path}: {error}")
         if len(summary.failures) > 20:
             lines.append(f"  ... and {len(summary.failures) - 20} more (see `captioner failures`)")
+    for url, stats in summary.endpoints.items():
+        median = stats["median_ms"]
+        lines.append(f"  endpoint {url}: {stats['answered']:,} answered"
+                     + (f", median {median:,.0f} ms" if median is not None else ""))
     if summary.clipped:
         lines.append(f"{plural(summary.clipped, 'clip')} longer than --max-video-seconds: only the start was sent")
     if summary.failed_before:

@@ -17,10 +17,12 @@ a server that trickles bytes cannot hold a request for ever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Union
 
@@ -29,6 +31,7 @@ import httpx
 from .answers import checked, redact
 from .control import RunControl
 from .models import CaptionRequest, CaptionResult, Model, ProviderError
+from .pool import EndpointPool
 
 log = logging.getLogger("captioner")
 
@@ -81,12 +84,21 @@ class AdaptiveLimit:
             self.active -= 1
             self._changed.notify_all()
 
-    def rate_limited(self) -> None:
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[str | None]:
+        """A request slot (no endpoint choice: the model's own base URL is used)."""
+        async with self:
+            yield None
+
+    def rate_limited(self, url: str | None = None) -> None:
         self.limit = max(1.0, self.limit / 2)
 
-    def succeeded(self) -> None:
+    def succeeded(self, url: str | None = None, latency_ms: int | None = None) -> None:
         # Waiters re-check the limit whenever a slot is released, so raising it needs no wake-up.
         self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+
+    def failed(self, url: str | None = None) -> None:
+        """One server: nothing to drain."""
 
 
 class RateCap:
@@ -123,7 +135,7 @@ class Sender:
         client: httpx.AsyncClient,
         control: RunControl,
         policy: RetryPolicy,
-        limit: AdaptiveLimit,
+        limit: AdaptiveLimit | EndpointPool,
         rate: RateCap,
         on_retry: Callable[[], None] = lambda: None,
     ) -> None:
@@ -150,17 +162,18 @@ class Sender:
                     return NotSent()  # not answered and not retried: tried again next run
                 self.on_retry()
             retry_after = None
-            async with self.limit:
+            async with self.limit.slot() as url:
                 await self.rate.wait()
                 if attempt == 0 and (self.control.stopping or
                                      (before_first is not None and not await before_first())):
                     return NotSent()
                 started = time.monotonic()
                 maybe_billed = False
+                sent = dataclasses.replace(request, base_url=url) if url else request
                 try:
-                    result = await asyncio.wait_for(self.model.caption(request, self.client), policy.timeout)
+                    result = await asyncio.wait_for(self.model.caption(sent, self.client), policy.timeout)
                     answer = Answer(checked(result, max_output), int((time.monotonic() - started) * 1000))
-                    self.limit.succeeded()
+                    self.limit.succeeded(url, answer.duration_ms)
                     return answer
                 except ProviderError as exc:
                     message = redact(exc.message, request.key)
@@ -173,12 +186,15 @@ class Sender:
                     if not exc.retryable:
                         break
                     if exc.status_code == 429:
-                        self.limit.rate_limited()
+                        self.limit.rate_limited(url)
+                    elif exc.status_code is not None and exc.status_code >= 500:
+                        self.limit.failed(url)
                     retry_after = exc.retry_after
                 except (httpx.TimeoutException, asyncio.TimeoutError):
                     last_error = f"timed out after {policy.timeout:g}s"
                     maybe_billed = True
                 except httpx.TransportError as exc:
+                    self.limit.failed(url)
                     last_error = redact(self._connection_error(exc), request.key)
                     maybe_billed = not isinstance(exc, httpx.ConnectError)  # never connected: never billed
                 except Exception as exc:  # a plugin's own bug must not end the run

@@ -285,6 +285,10 @@ MIGRATIONS: list[tuple[str, list[str | Callable[[sqlite3.Connection], None]]]] =
             )""",
         ],
     ),
+    (
+        "runs.endpoints_json: an endpoint pool's requests answered and median latency per endpoint",
+        ["ALTER TABLE runs ADD COLUMN endpoints_json TEXT"],
+    ),
 ]
 
 # Jobs that may still produce results (or whose create call's answer was lost).
@@ -590,9 +594,12 @@ class Store:
             (utcnow(), model, prompt, json.dumps(options, sort_keys=True), "running", os.getpid()),
         )[0]
 
-    def finish_run(self, run_id: int, status: str, images_total: int) -> dict[str, Any]:
+    def finish_run(self, run_id: int, status: str, images_total: int,
+                   endpoints: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record how the run ended, with totals taken from its caption rows."""
         totals = self.run_totals(run_id)
+        if endpoints:
+            self._write("UPDATE runs SET endpoints_json = ? WHERE id = ?", (json.dumps(endpoints), run_id))
         self._write(
             """UPDATE runs SET finished_at = ?, status = ?, images_total = ?, images_ok = ?,
                images_failed = ?, input_tokens = ?, output_tokens = ?, cost_usd = ? WHERE id = ?""",

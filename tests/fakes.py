@@ -266,6 +266,7 @@ class FakeOpenAI(FakeServer):
         self.create_delay = 0.0  # seconds before answering a create (after making the batch)
         self.item_outcome: Callable[[str], str | None] = lambda custom_id: None
         self.batch_bills: list[dict] = []  # usage of every batch item answered
+        self.served_models = ["gpt-4o-mini", "gpt-4.1-nano", "llava"]  # what GET /v1/models lists
 
     def _batch_api(self, method: str, path: str, body: Any, headers: dict[str, str]):
         if method == "POST" and path == "/v1/files":
@@ -363,6 +364,8 @@ class FakeOpenAI(FakeServer):
         return tokens
 
     def answer_get(self, path):
+        if path == "/v1/models":
+            return 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.served_models]}, {}
         return self._batch_api("GET", path, None, {}) or (404, {"error": {"message": "unknown path"}}, {})
 
     def answer(self, path, body, images, headers):

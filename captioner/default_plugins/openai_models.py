@@ -209,6 +209,9 @@ class OpenAIChatModel(HTTPModel):
         base, per_tile = _longest_prefix(self.api_model, TILE_RATES) or (85, 170)
         return tile_tokens(width, height, base, per_tile, str(options.get("detail", "auto")))
 
+    def endpoints(self) -> list[str]:
+        return base_urls()
+
     def batch_api(self) -> OpenAIBatch | None:
         return None if self.compatible else OpenAIBatch(self)
 
@@ -218,7 +221,10 @@ class OpenAIChatModel(HTTPModel):
         return None
 
     def endpoint(self) -> str:
-        return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
+        return base_urls()[0] + "/chat/completions"
+
+    def endpoint_for(self, request: CaptionRequest) -> str:
+        return (request.base_url or base_urls()[0]).rstrip("/") + "/chat/completions"
 
     def build_body(self, request: CaptionRequest) -> dict[str, Any]:
         options = self.typed_options(request)
@@ -260,6 +266,12 @@ def model_for_name(name: str) -> Model | None:
 BATCH_DONE = {"completed", "failed", "expired", "cancelled"}
 
 
+def base_urls() -> list[str]:
+    """`OPENAI_BASE_URL`, which may name several endpoints separated by commas (an endpoint pool)."""
+    urls = [u.strip().rstrip("/") for u in (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).split(",")]
+    return [u for u in urls if u] or [DEFAULT_BASE_URL]
+
+
 class OpenAIBatch:
     """OpenAI's Batch API: a JSONL file uploaded with `purpose=batch`, a batch on
     `/v1/chat/completions` tagged in its metadata, results in the output and
@@ -277,7 +289,7 @@ class OpenAIBatch:
 
     @staticmethod
     def _base() -> str:
-        return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        return base_urls()[0]
 
     @staticmethod
     def _auth(key: str | None) -> dict[str, str]:
