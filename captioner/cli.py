@@ -18,7 +18,7 @@ from typing import Any
 import click
 import httpx
 
-from . import batch_mode, config, pricing, report
+from . import batch_files, batch_mode, config, pricing, report
 from . import compare as compare_module
 from . import estimate as estimating
 from . import export as exporting
@@ -1113,3 +1113,57 @@ def eval_command(paths, references_file, model_names, prompt, system, options, d
     print_table(table, ["model", "photos", "bleu4", "mean_words"])
     click.echo("BLEU-4 counts shared word sequences with the references: it rewards wording, not truth. "
                "Prefer `compare --judge`.")
+
+
+@batches.command("export")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-m", "--model", "model_name", required=True, help="Model id (openai/NAME for a self-hosted engine)")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder for the shards")
+@click.option("--shard-lines", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True, metavar="N",
+              help="Lines per shard (one shard per GPU job)")
+@click.option("--images", type=click.Choice(["base64", "file-url"]), default="base64", show_default=True,
+              help="Images inline, or as file:// paths (vllm run-batch --allowed-local-media-path)")
+@recipe_options
+@click.pass_obj
+def batches_export(db, paths, model_name, out_dir, shard_lines, images, prompt, system, options):
+    """Write OpenAI batch input shards for `vllm run-batch` and record them as jobs of this database.
+
+    \\b
+    Example:
+      captioner batches export ~/Pictures -m openai/Qwen/Qwen2.5-VL-7B-Instruct --out shards/
+    """
+    _check_paths(paths)
+    model = resolve_model(model_name)
+    settings = RunSettings(prompt=prompt, system=system, options=check_options([model], options))
+    store = open_store(db or config.default_db())
+    try:
+        summary = batch_files.export(store, model, settings, list(paths), out_dir, shard_lines, images)
+    except ValueError as exc:
+        raise ConfigFailure(str(exc)) from exc
+    finally:
+        store.close()
+    for shard in summary.shards:
+        click.echo(shard)
+    click.echo(f"{summary.items:,} requests in {report.plural(len(summary.shards), 'shard')}, "
+               f"{summary.skipped_done:,} already done or in open jobs; run each shard with "
+               "`vllm run-batch -i SHARD -o OUT --model ...`, then `captioner batches import OUT...`")
+
+
+@batches.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@json_option("the summary")
+@click.pass_obj
+def batches_import(db, files, as_json):
+    """Store results from batch output files (OpenAI batch output shape, as vllm run-batch writes it).
+    Safe to run on the same files any number of times, in any order, partial or cut short."""
+    store = open_store(db or config.default_db())
+    try:
+        summary = batch_files.import_files(store, resolve_model, list(files))
+    finally:
+        store.close()
+    if as_json:
+        print_json(summary.to_dict())
+        return
+    click.echo(f"{summary.lines:,} lines: {summary.ok:,} captions stored, {summary.failed:,} failed, "
+               f"{summary.ignored:,} already stored or not ours, {summary.unreadable:,} unreadable")

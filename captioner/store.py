@@ -293,6 +293,7 @@ MIGRATIONS: list[tuple[str, list[str | Callable[[sqlite3.Connection], None]]]] =
 
 # Jobs that may still produce results (or whose create call's answer was lost).
 OPEN_JOB_STATUSES = ("creating", "submitted")
+EXPORTED = "exported"  # batch files written for a self-hosted engine, waiting for `batches import`
 
 CLAIMED, DONE, BUSY, BATCHED = "claimed", "done", "busy", "batched"
 
@@ -671,6 +672,12 @@ class Store:
         return list(self.query(
             """SELECT b.*, i.path FROM batch_items b JOIN images i ON i.id = b.image_id
                WHERE b.job_id = ? ORDER BY b.id""", (job_id,)))
+
+    def batch_item_by_custom_id(self, custom_id: str) -> dict[str, Any] | None:
+        """An item of an exported batch file, by the custom id its line carries."""
+        return next(iter(self.query(
+            """SELECT b.*, j.run_id, j.model FROM batch_items b JOIN batch_jobs j ON j.id = b.job_id
+               WHERE b.custom_id = ? AND j.provider = 'batch-file'""", (custom_id,))), None)
 
     def reserved_in_open_jobs(self) -> float:
         row = self.conn.execute(

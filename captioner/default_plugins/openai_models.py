@@ -345,7 +345,9 @@ class OpenAIBatch:
         if line is None:
             return ItemResult("", ERRORED, error="unreadable result line")
         custom_id = str(line.get("custom_id"))
-        error = as_dict(line.get("error"))
+        # OpenAI writes an error object; vLLM's run-batch a plain message.
+        raw_error = line.get("error")
+        error = as_dict(raw_error) if not isinstance(raw_error, str) else {"message": raw_error}
         code = str(error.get("code") or "")
         if code == "batch_expired":
             return ItemResult(custom_id, EXPIRED)
