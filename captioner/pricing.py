@@ -93,19 +93,26 @@ def price_ref(model_id: str) -> str:
 
 
 def load_user_prices() -> dict[str, dict[str, float]]:
-    """`prices.json`: {"model-id": {"input": USD per 1M, "output": USD per 1M}}."""
+    """`prices.json`: {"model-id": {"input": USD per 1M, "output": USD per 1M}} and/or
+    {"model-id": {"per_image": USD}} (a self-hosted GPU's cost spread over the photos it captions)."""
     path = prices_path()
     if not path.exists():
         return {}
     try:
         data = json.loads(path.read_text())
-        return {
-            str(name): {"input": float(p["input"]), "output": float(p["output"])}
-            for name, p in data.items()
-        }
+        prices = {}
+        for name, p in data.items():
+            entry = {"input": float(p.get("input", 0)), "output": float(p.get("output", 0)),
+                     "per_image": float(p.get("per_image", 0))}
+            if not any(key in p for key in ("input", "output", "per_image")):
+                raise KeyError("input, output or per_image")
+            if not all(math.isfinite(v) and v >= 0 for v in entry.values()):
+                raise ValueError(f"{name}: prices must be finite and not negative")
+            prices[str(name)] = entry
+        return prices
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ConfigError(f"cannot read price file {path}: expected "
-                          '{"model": {"input": USD_per_1M, "output": USD_per_1M}} ('
+                          '{"model": {"input": USD_per_1M, "output": USD_per_1M}} or {"model": {"per_image": USD}} ('
                           f"{exc})") from exc
 
 
@@ -124,9 +131,10 @@ def price_request(
     user_prices = load_user_prices() if user_prices is None else user_prices
     user = user_prices.get(model.model_id)
     if user is not None:
-        cost = (input_tokens * user["input"] + output_tokens * user["output"]) / 1_000_000
+        cost = (input_tokens * user["input"] + output_tokens * user["output"]) / 1_000_000 + user.get("per_image", 0)
         return RequestCost(cost, user["input"], user["output"], "user")
-    if model.provider == "local":
+    if model.provider in ("local", "openai-compatible"):
+        # Ollama, and self-hosted engines (vLLM, SGLang, llama.cpp) reached as openai/NAME: $0 unless priced.
         return RequestCost(0.0, 0.0, 0.0, "local")
     calc = _calc(model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, audio_tokens)
     if calc is None:

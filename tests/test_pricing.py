@@ -29,8 +29,19 @@ def test_flash_8b_is_not_priced_as_flash():
 
 
 def test_unknown_model_is_unpriced_not_free():
-    cost = pricing.price_request(get_model("openai/my-local-llava"), 1000, 100)
+    cost = pricing.price_request(get_model("gpt-unknown-9"), 1000, 100)
     assert cost.cost_usd is None and not cost.known
+
+
+def test_a_self_hosted_model_costs_nothing_unless_priced():
+    assert pricing.price_request(get_model("openai/my-local-llava"), 1000, 100).cost_usd == 0.0
+
+
+def test_a_per_image_price_prices_a_self_hosted_gpu():
+    path = config.prices_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"openai/my-local-llava": {"per_image": 0.0002}}))
+    assert pricing.price_request(get_model("openai/my-local-llava"), 1000, 100).cost_usd == pytest.approx(0.0002)
 
 
 def test_user_price_file_prices_a_custom_model():

@@ -78,10 +78,16 @@ def test_unlisted_names_are_accepted_and_priced_when_known(fake_openai, photos, 
 
 
 def test_unknown_price_is_reported_not_zero(fake_openai, photos, db):
-    result = run("caption", photos / "rocket.jpg", "-m", "openai/some-local-vlm", "--db", db)
+    result = run("caption", photos / "rocket.jpg", "-m", "gpt-unknown-9", "--db", db)
     assert result.exit_code == 0
     assert "unpriced" in result.output
     assert rows(db, "SELECT cost_usd FROM captions")[0]["cost_usd"] is None
+
+
+def test_a_self_hosted_server_costs_nothing_and_needs_no_key(fake_openai, photos, db):
+    result = run("caption", photos / "rocket.jpg", "-m", "openai/some-local-vlm", "--db", db)
+    assert result.exit_code == 0
+    assert rows(db, "SELECT cost_usd FROM captions")[0]["cost_usd"] == 0.0
     assert fake_openai.image_requests[0].body["model"] == "some-local-vlm"
     assert "Authorization" not in fake_openai.image_requests[0].headers
 
