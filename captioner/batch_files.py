@@ -23,7 +23,7 @@ from typing import Any
 from . import pricing
 from .answers import checked
 from .batch_api import CANCELLED, ERRORED, EXPIRED
-from .media import ImageError, file_sha256, read_file
+from .media import ExifFacts, ImageError, PreparedImage, file_sha256, header_facts, read_file, sent_size
 from .models import FAILED, CaptionRequest, CaptionResult, Model
 from .pipeline import Runner, RunSettings, _prepare_for
 from .store import CLAIMED, EXPORTED, Store, utcnow
@@ -65,7 +65,9 @@ def export(store: Store, model: Model, settings: RunSettings, roots: list[str], 
                 summary.skipped_done += 1
                 continue
             try:
-                prepared = _prepare_for(runner, found, data)
+                # A file:// line is read by the engine itself: only the header is needed here.
+                prepared = (_header_only(found.path, runner.max_side) if images == "file-url" and found.kind == "image"
+                            else _prepare_for(runner, found, data))
             except ImageError as exc:
                 image_id = store.save_image(found.path, sha, found.size, found.mtime, kind=found.kind)
                 store.save_caption(image_id=image_id, run_id=run_id, result=CaptionResult(
@@ -95,15 +97,25 @@ def export(store: Store, model: Model, settings: RunSettings, roots: list[str], 
             shard.write(json.dumps(line, separators=(",", ":")) + "\n")
             store.add_batch_item(job_id, custom_id, image_id, sha, recipe.columns(), estimated)
             store.release(sha, recipe.key)
-            store.update_batch_job(job_id, items=count + 1)
             count += 1
+            if count == shard_lines:
+                store.update_batch_job(job_id, items=count)
             summary.items += 1
     finally:
         if shard is not None:
             shard.close()
+            store.update_batch_job(job_id, items=count)
         store.release_all()
         store.finish_run(run_id, "completed", len(plan.todo) + plan.skipped_done)
     return summary
+
+
+def _header_only(path: str, max_side: int) -> PreparedImage:
+    """What a file:// line needs of a photo: its size (for the estimate), no decoding."""
+    width, height, fmt, frames = header_facts(path)
+    sent_width, sent_height = sent_size(width, height, fmt, frames, max_side)
+    return PreparedImage(jpeg=b"", width=width, height=height, sent_width=sent_width, sent_height=sent_height,
+                         format=fmt, exif=ExifFacts())
 
 
 def _compatible_api(model: Model) -> Any:
