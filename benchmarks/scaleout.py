@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import time
@@ -65,13 +64,10 @@ def export_import(work, items: int) -> None:
     library = photo_library(work / "many", [CORPUS / "photos" / "grace_hopper.jpg"], items)
     env = {**os.environ, "CAPTIONER_USER_DIR": str(work / "user")}
     db = str(work / "files.db")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
-    subprocess.run([captioner_bin(), "batches", "--db", db, "export", str(library), "-m", "openai/llava", "--out",
-                    str(work / "shards"), "--images", "file-url", "--shard-lines", "25000"], env=env, check=True,
-                   capture_output=True)
+    export_kb = peak_kb([captioner_bin(), "batches", "--db", db, "export", str(library), "-m", "openai/llava", "--out",
+                         str(work / "shards"), "--images", "file-url", "--shard-lines", "25000"], env)
     export_s = time.perf_counter() - started
-    export_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     outputs = []
     for n, shard in enumerate(sorted((work / "shards").glob("*.jsonl"))):
         out = work / f"out{n}.jsonl"
@@ -84,14 +80,19 @@ def export_import(work, items: int) -> None:
                                                  "usage": {"prompt_tokens": 800, "completion_tokens": 4}}}}) + "\n")
         outputs.append(str(out))
     started = time.perf_counter()
-    subprocess.run([captioner_bin(), "batches", "--db", db, "import", *outputs], env=env, check=True,
-                   capture_output=True)
+    import_kb = peak_kb([captioner_bin(), "batches", "--db", db, "import", *outputs], env)
     import_s = time.perf_counter() - started
-    import_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(f"export {items:,} items: {export_s:.1f} s ({items / export_s:,.0f} rows/s), "
-          f"peak RSS {export_kb / 1024:.0f} MB (before: {before / 1024:.0f} MB)")
+          f"peak RSS {export_kb / 1024:.0f} MB")
     print(f"import {items:,} results: {import_s:.1f} s ({items / import_s:,.0f} rows/s), "
-          f"peak RSS {import_kb / 1024:.0f} MB (running max of the children)")
+          f"peak RSS {import_kb / 1024:.0f} MB")
+
+
+def peak_kb(command: list[str], env: dict[str, str]) -> int:
+    """Run a command; its own peak RSS in KB (GNU time), not the running maximum of all children."""
+    done = subprocess.run(["/usr/bin/time", "-f", "%M", *command], env=env, check=True, capture_output=True,
+                          text=True)
+    return int(done.stderr.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

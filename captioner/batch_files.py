@@ -165,6 +165,7 @@ def import_files(store: Store, model_for: Any, paths: list[str]) -> ImportSummar
 
     summary = ImportSummary()
     user_prices = pricing.load_user_prices()
+    models: dict[str, Model] = {}
     for path in paths:
         with open(path, encoding="utf-8", errors="replace") as fh:
             for text in fh:
@@ -181,7 +182,7 @@ def import_files(store: Store, model_for: Any, paths: list[str]) -> ImportSummar
                 if item is None or item["status"] != "submitted" or result.outcome in (EXPIRED, CANCELLED):
                     summary.ignored += 1
                     continue
-                model = model_for(item["model"])
+                model = models.setdefault(item["model"], model_for(item["model"]))
                 if result.outcome == ERRORED or result.result is None:
                     answer = CaptionResult(text=None, status=FAILED, error=result.error or "errored")
                 else:

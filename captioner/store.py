@@ -289,6 +289,10 @@ MIGRATIONS: list[tuple[str, list[str | Callable[[sqlite3.Connection], None]]]] =
         "runs.endpoints_json: an endpoint pool's requests answered and median latency per endpoint",
         ["ALTER TABLE runs ADD COLUMN endpoints_json TEXT"],
     ),
+    (
+        "batch_items by custom id, for importing result files",
+        ["CREATE INDEX idx_batch_items_custom_id ON batch_items (custom_id)"],
+    ),
 ]
 
 # Jobs that may still produce results (or whose create call's answer was lost).
