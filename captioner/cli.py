@@ -692,6 +692,7 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
               help="How many photos to compare on (always the same ones for a folder)")
 @db_option
 @concurrency_option
+@base_url_option
 @selection_options
 @click.option("--judge", "judge_name", metavar="MODEL",
               help="Also judge quality: this model compares every pair of captions of each photo, in both orders")
@@ -700,7 +701,7 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
               help="Write a page with thumbnails and the captions side by side")
 @json_option("the comparison")
-def compare(paths, model_names, prompt, system, options, sample_size, db, concurrency, include, exclude,
+def compare(paths, model_names, prompt, system, options, sample_size, db, concurrency, base_urls, include, exclude,
             max_file_mb, judge_name, max_cost, html_file, as_json):
     """Caption the same sample of photos with several models and compare cost and words;
     with --judge, quality too (pairwise, both orders, with honest intervals).
@@ -720,6 +721,11 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
     if judge_name:
         (judge,), judge_keys = _models_and_keys((judge_name,), need_keys=True)
         judge_key = judge_keys[judge.model_id]
+    pooled = [m for m in models if m.endpoints()]
+    if base_urls and not pooled:
+        raise ConfigFailure("--base-url is for OpenAI-compatible models (-m openai/NAME)")
+    for model in pooled if base_urls else []:
+        check_endpoints(model, base_urls, keys[model.model_id])
     settings = RunSettings(prompt=prompt, system=system, options=check_options(models, options),
                            concurrency=concurrency, include=include, exclude=exclude,
                            max_file_bytes=max_file_mb * 2**20, max_cost=max_cost)
@@ -727,7 +733,8 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
     judged = None
     try:
         result, summaries = compare_models(paths, models, keys, store, settings, sample_size,
-                                           progress_factory=None if as_json else _progress_bar)
+                                           progress_factory=None if as_json else _progress_bar,
+                                           base_urls=tuple(u.rstrip("/") for u in base_urls))
         for summary in summaries:
             if summary.status == "failed":
                 raise ConfigFailure(summary.message or f"{summary.model} failed")

@@ -91,12 +91,14 @@ def compare(
     settings: RunSettings,
     n: int,
     progress_factory: Callable[[int], Callable[[dict[str, Any]], None]] | None = None,
+    base_urls: Sequence[str] = (),
 ) -> tuple[Comparison, list[RunSummary]]:
     paths, total = sample(roots, n, settings.include, settings.exclude, settings.max_file_bytes)
     summaries = []
     for model in models:
         # Captions already in the database are reused; only missing ones are sent.
-        run_settings = replace(settings, key=keys.get(model.model_id), include=(), exclude=())
+        run_settings = replace(settings, key=keys.get(model.model_id), include=(), exclude=(),
+                               base_urls=base_urls if model.endpoints() else ())
         summaries.append(caption_paths(paths, model, store, run_settings, progress_factory))
     table: list[dict[str, Any]] = []
     captions: dict[str, dict[str, tuple[str, str | None]]] = {p: {} for p in paths}

@@ -65,3 +65,10 @@ def test_openai_base_url_may_list_several_endpoints(three_servers, photos, db, m
     result = run("caption", photos, "-m", "openai/llava", "--db", db, "--json")
     assert result.exit_code == 0, result.output
     assert all(s.image_requests for s in three_servers[:2]) and len(json.loads(result.output)["endpoints"]) == 2
+
+
+def test_compare_takes_the_pool_too(three_servers, fake_gemini, photos, db):
+    result = run("compare", photos, "-m", "openai/llava", "-m", "gemini-2.5-flash-lite", *urls(three_servers[:2]),
+                 "--sample", "6", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    assert all(s.image_requests for s in three_servers[:2]) and not three_servers[2].image_requests
