@@ -51,8 +51,19 @@ class ConfigFailure(click.ClickException):
 
 
 def open_store(db: str, readonly: bool = False) -> Store:
+    """The database; one made by an older captioner is brought up to date first
+    (its migrations keep every row), even for a command that only reads."""
     try:
-        return Store(db, readonly=readonly)
+        store = Store(db, readonly=readonly)
+        if readonly and store.outdated():
+            store.close()
+            try:
+                Store(db).close()
+            except StoreError as exc:
+                raise StoreError(f"{db} was made by an older captioner and cannot be upgraded here ({exc}); "
+                                 "open it once where it can be written") from exc
+            store = Store(db, readonly=True)
+        return store
     except StoreError as exc:
         raise ConfigFailure(str(exc)) from exc
 

@@ -372,6 +372,14 @@ class Store:
         except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreError(f"cannot open database {os.path.abspath(path)}: {exc}") from exc
 
+    def outdated(self) -> bool:
+        """Made by an older captioner: some migrations are still to be applied."""
+        try:
+            newest = self.conn.execute("SELECT max(id) FROM _migrations").fetchone()[0] or 0
+        except sqlite3.OperationalError:
+            return True
+        return newest < len(MIGRATIONS)
+
     def _check_kind(self) -> None:
         """Refuse another application's SQLite file, and a database from a newer captioner."""
         tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -6,6 +6,8 @@ import itertools
 import json
 import shutil
 
+import pytest
+
 from captioner.store import MIGRATIONS
 
 from conftest import REPO, rows, run
@@ -87,3 +89,14 @@ def test_rpm_spaces_the_requests(fake_openai, photos, db):
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert len(arrivals) == 3 and min(gaps) >= 0.35  # 150 per minute: one every 0.4 s
     assert len({image_label(r.images[0]) for r in fake_openai.image_requests}) == 3
+
+
+@pytest.mark.parametrize("command", [["batches"], ["failures"], ["cost", "--by", "mode"], ["cost", "--by", "kind"],
+                                     ["show", "/old/library/rocket.jpg"], ["export", "--format", "csv"],
+                                     ["search", "caption"], ["sql", "SELECT kind FROM images"]])
+def test_read_only_commands_work_on_a_database_from_0_1_0(command, tmp_path):
+    db = tmp_path / "old.db"
+    shutil.copy(OLD_DATABASE, db)
+    result = run(*command, "--db", db)
+    assert result.exit_code == 0, result.output
+    assert rows(db, "SELECT count(*) AS n FROM captions")[0]["n"] == 5  # upgraded, nothing lost
