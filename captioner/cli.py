@@ -357,7 +357,7 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ba
         run_batch(paths, model, settings, db, batch_size, not no_wait, poll_interval, as_json)
         return
     store = open_store(db or config.default_db())
-    collect_open_jobs(store, key)
+    collect_open_jobs(store, model, key)
     try:
         with request_log(verbose, log_file):
             summary = caption_paths(paths, model, store, settings, progress_factory=_progress_bar)
@@ -407,14 +407,16 @@ def request_log(verbose: bool, log_file: str | None) -> Iterator[None]:
             handler.close()
 
 
-def collect_open_jobs(store: Store, key: str | None) -> None:
+def collect_open_jobs(store: Store, model: Any, key: str | None) -> None:
     """Before a synchronous run: store what open batch jobs have finished (their photos are
     never sent again); a provider that cannot be reached now is tried next time."""
     if not store.batch_jobs(open_only=True):
         return
     try:
-        collected = asyncio.run(batch_mode.collect(store, resolve_model, lambda m: config.resolve_key(m, key),
-                                                   None, False, 0))
+        # --key belongs to this run's model: another provider's jobs use their own keys.
+        collected = asyncio.run(batch_mode.collect(
+            store, resolve_model, lambda m: config.resolve_key(m, key if m.model_id == model.model_id else None),
+            None, False, 0))
     except (httpx.HTTPError, ProviderError, ConfigError, ConfigFailure) as exc:
         click.echo(f"open batch jobs not collected now ({exc.__class__.__name__}); "
                    "`captioner batches collect` tries again", err=True)
@@ -446,7 +448,11 @@ def run_batch(paths: tuple[str, ...], model: Any, settings: RunSettings, db: str
         raise ConfigFailure(str(exc)) from exc
     store = open_store(db or config.default_db())
     try:
-        collected = asyncio.run(batch_mode.collect(store, resolve_model, lambda m: settings.key, None, False, 0))
+        # This model's open jobs first (the same command collects what an earlier one submitted).
+        earlier = [job["id"] for job in store.batch_jobs(open_only=True) if job["model"] == model.model_id]
+        collected = batch_mode.BatchSummary(model.model_id)
+        if earlier:
+            collected = asyncio.run(batch_mode.collect(store, resolve_model, lambda m: settings.key, earlier, False, 0))
         submitted = asyncio.run(batch_mode.submit(store, model, settings, list(paths), batch_size))
         final = submitted
         waiting_for = [job["id"] for job in store.batch_jobs(open_only=True) if job["model"] == model.model_id]
