@@ -23,7 +23,8 @@ from .models import CaptionResult, ProviderError
 MAX_BODY_BYTES = 8 * 1024 * 1024
 # More than any request could be billed: 10M input tokens, 1M output tokens.
 MAX_INPUT_TOKENS = 10_000_000
-MAX_OUTPUT_TOKENS = 1_000_000
+from .defaults import MAX_OUTPUT_TOKENS  # noqa: E402
+
 # A caption longer than this is cut (the column is for captions, not dumps).
 MAX_CAPTION_CHARS = 100_000
 MAX_ERROR_CHARS = 500

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
 import itertools
@@ -13,32 +12,32 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 
-from . import batch_files, batch_mode, config, pricing, report
-from . import compare as compare_module
-from . import estimate as estimating
-from . import export as exporting
-from .answers import MAX_OUTPUT_TOKENS
-from .batch_api import BatchUnavailable
-from .compare import COLUMNS as COMPARE_COLUMNS
-from .compare import compare as compare_models
-from .compare import judge_comparison, judged_page, render_page
+from . import config, report
 from .config import ConfigError
-from .models import ProviderError
+from .defaults import (
+    DEFAULT_MAX_VIDEO_SECONDS,
+    DEFAULT_OUTPUT_TOKENS,
+    DEFAULT_PROMPT,
+    DEFAULT_VIDEO_PROMPT,
+    MAX_OUTPUT_TOKENS,
+)
 from .options import OptionError
-from .pipeline import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT, RunSettings, caption_paths
 from .plugins import UnknownModel, discovered_models, get_model, listed_models
-from .pool import check_models
 from .scan import DEFAULT_MAX_FILE_BYTES
 from .search import MARK_END, MARK_START, Interrupted, QueryError, interruptible, run_sql
 from .search import search as search_captions
 from .store import Store, StoreError
 from .text import for_csv, for_terminal
-from .video import DEFAULT_MAX_VIDEO_SECONDS
+
+if TYPE_CHECKING:
+    from .pipeline import RunSettings
+
+# The run, batch, compare, estimate and export machinery (httpx, PyAV, genai-prices) is
+# imported by the commands that use it, so `--help` and the read-only commands start fast.
 
 EXIT_SOME_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -334,6 +333,9 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ba
       captioner caption ~/Pictures
       captioner caption ~/Pictures -m gpt-4.1-nano --max-cost 2.50
     """
+    from . import pricing
+    from .pipeline import RunSettings, caption_paths
+
     _check_paths(paths)
     (model,), keys = _models_and_keys((model_name,) if model_name is not None else (), key, need_keys=True)
     options = check_options([model], options)
@@ -410,6 +412,13 @@ def request_log(verbose: bool, log_file: str | None) -> Iterator[None]:
 def collect_open_jobs(store: Store, model: Any, key: str | None) -> None:
     """Before a synchronous run: store what open batch jobs have finished (their photos are
     never sent again); a provider that cannot be reached now is tried next time."""
+    import asyncio
+
+    import httpx
+
+    from . import batch_mode
+    from .models import ProviderError
+
     if not store.batch_jobs(open_only=True):
         return
     try:
@@ -428,6 +437,8 @@ def collect_open_jobs(store: Store, model: Any, key: str | None) -> None:
 
 def check_endpoints(model: Any, given: tuple[str, ...], key: str | None) -> tuple[str, ...]:
     """An endpoint pool: every endpoint must answer GET /models and serve the model, before anything is read."""
+    from .pool import check_models
+
     urls = [u.rstrip("/") for u in given] or model.endpoints()
     if given and not model.endpoints():
         raise ConfigFailure(f"--base-url is for OpenAI-compatible models (-m openai/NAME); {model.model_id} has one "
@@ -442,6 +453,14 @@ def check_endpoints(model: Any, given: tuple[str, ...], key: str | None) -> tupl
 def run_batch(paths: tuple[str, ...], model: Any, settings: RunSettings, db: str | None, batch_size: int,
               wait: bool, poll_interval: float, as_json: bool) -> None:
     """`caption --batch`: collect what is ready, submit the rest, and (unless --no-wait) wait for it."""
+    import asyncio
+
+    import httpx
+
+    from . import batch_mode
+    from .batch_api import BatchUnavailable
+    from .models import ProviderError
+
     try:
         batch_mode.batch_api_of(model)
     except BatchUnavailable as exc:
@@ -663,7 +682,7 @@ def keys_path():
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-m", "--model", "model_names", multiple=True, help="Model id (repeatable)")
 @recipe_options
-@click.option("--output-tokens", type=click.IntRange(0, MAX_OUTPUT_TOKENS), default=estimating.DEFAULT_OUTPUT_TOKENS,
+@click.option("--output-tokens", type=click.IntRange(0, MAX_OUTPUT_TOKENS), default=DEFAULT_OUTPUT_TOKENS,
               show_default=True, help="Assumed length of each caption")
 @max_side_option
 @selection_options
@@ -679,6 +698,8 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
       captioner estimate ~/Pictures
       captioner estimate ~/Pictures -m gemini-2.5-flash-lite -m gpt-4.1-nano
     """
+    from . import estimate as estimating
+
     _check_paths(paths)
     models, _ = _models_and_keys(model_names)
     options = check_options(models, options)
@@ -728,6 +749,11 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
       captioner compare ~/Pictures -m gemini-2.5-flash-lite -m gpt-4.1-nano --html compare.html
       captioner compare ~/Pictures -m A -m B -m C --judge claude-sonnet-4-5 --sample 30
     """
+    from .compare import COLUMNS as COMPARE_COLUMNS
+    from .compare import compare as compare_models
+    from .compare import judge_comparison, judged_page, render_page
+    from .pipeline import RunSettings
+
     _check_paths(paths)
     if len({name.strip() for name in model_names}) < 2:
         raise ConfigFailure("compare needs at least two different models (-m A -m B)")
@@ -828,6 +854,8 @@ def export(paths, db, fmt, model_name, out, sidecar_name, overwrite, dry_run):
 
     PATHS limits the export to those files, or to the files under those folders.
     """
+    from . import export as exporting
+
     if out and fmt in ("xmp", "txt"):
         check_output_folder(out, "--out")
     elif out:
@@ -1054,6 +1082,13 @@ def batches(ctx, db, as_json):
 @click.pass_obj
 def batches_collect(db, ids, wait, poll_interval, key, as_json):
     """Store the results of open jobs (all, or those named)."""
+    import asyncio
+
+    import httpx
+
+    from . import batch_mode
+    from .models import ProviderError
+
     store = open_store(db or config.default_db())
     try:
         summary = asyncio.run(batch_mode.collect(store, resolve_model, lambda m: config.resolve_key(m, key),
@@ -1083,6 +1118,13 @@ def batches_collect(db, ids, wait, poll_interval, key, as_json):
 @click.pass_obj
 def batches_cancel(db, job_id, key):
     """Ask the provider to cancel a job (then collect it for any partial results)."""
+    import asyncio
+
+    import httpx
+
+    from . import batch_mode
+    from .models import ProviderError
+
     store = open_store(db or config.default_db())
     try:
         jobs = store.batch_jobs([job_id], open_only=True)
@@ -1114,6 +1156,9 @@ def eval_command(paths, references_file, model_names, prompt, system, options, d
     Example:
       captioner eval --references refs.csv -m gemini-2.5-flash-lite -m gpt-4.1-nano
     """
+    from . import compare as compare_module
+    from .pipeline import RunSettings
+
     try:
         references = compare_module.read_references(references_file)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -1157,6 +1202,9 @@ def batches_export(db, paths, model_name, out_dir, shard_lines, images, prompt, 
     Example:
       captioner batches export ~/Pictures -m openai/Qwen/Qwen2.5-VL-7B-Instruct --out shards/
     """
+    from . import batch_files
+    from .pipeline import RunSettings
+
     _check_paths(paths)
     model = resolve_model(model_name)
     settings = RunSettings(prompt=prompt, system=system, options=check_options([model], options))
@@ -1181,6 +1229,8 @@ def batches_export(db, paths, model_name, out_dir, shard_lines, images, prompt, 
 def batches_import(db, files, as_json):
     """Store results from batch output files (OpenAI batch output shape, as vllm run-batch writes it).
     Safe to run on the same files any number of times, in any order, partial or cut short."""
+    from . import batch_files
+
     store = open_store(db or config.default_db())
     try:
         summary = batch_files.import_files(store, resolve_model, list(files))

@@ -15,10 +15,12 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .models import Model
+if TYPE_CHECKING:
+    from .models import Model
 
 DEFAULT_MODEL = "gemini-2.5-flash-lite"
 # Without -m and a chosen default, the first of these whose key is set is used.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import pricing
+from .defaults import DEFAULT_OUTPUT_TOKENS
 from .media import ImageError, header_facts, sent_size
 from .models import Model
 from .plan import without_motion_parts
@@ -27,8 +28,6 @@ from .video import (
     send_mode,
     sheet_size,
 )
-
-DEFAULT_OUTPUT_TOKENS = 100
 
 
 @dataclass

@@ -31,6 +31,7 @@ import httpx
 from . import pricing
 from .budget import Budget
 from .control import RunControl
+from .defaults import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT
 from .ledger import Ledger, PhotoFile, failed
 from .media import ImageError, PreparedImage, file_sha256, prepare_image, read_file
 from .models import CaptionRequest, Model
@@ -42,15 +43,6 @@ from .scan import DEFAULT_MAX_FILE_BYTES, Found
 from .send import AdaptiveLimit, Answer, NoAnswer, NotSent, RateCap, RetryPolicy, Sender
 from .store import BATCHED, CLAIMED, DONE, Store, WriteFailed
 from .video import DEFAULT_MAX_VIDEO_SECONDS, MediaPart, PreparedVideo, prepare_video, send_mode
-
-DEFAULT_PROMPT = (
-    "Describe this photo in one or two factual sentences: the main subject, the setting, "
-    "and any legible text. Do not speculate."
-)
-DEFAULT_VIDEO_PROMPT = (
-    "Describe this video clip in one or two factual sentences: who or what is in it, what happens, "
-    "and where. Do not speculate."
-)
 
 Progress = Callable[[dict[str, Any]], None]
 # What `docker stop`, systemd and a closed terminal send are treated like Ctrl-C.

@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
-
-from genai_prices import Usage, calc_price
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, prices_path
-from .models import Model
+
+if TYPE_CHECKING:
+    from .models import Model
 
 # Names genai-prices resolves to the wrong model, and what they really are.
 # gemini-1.5-flash-8b is its own, cheaper model; genai-prices' prefix match
@@ -155,7 +155,9 @@ def unit_prices(model: Model) -> tuple[float, float] | None:
 
 
 def _calc(model: Model, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int,
-          audio: int = 0):
+          audio: int = 0) -> Any:
+    from genai_prices import Usage, calc_price  # imported when a price is first needed (it loads its tables)
+
     usage = Usage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,

@@ -25,7 +25,8 @@ from .media import ExifFacts, ImageError, PreparedImage, encode_jpeg
 # A typical phone clip of 15 s costs about what 1-3 photos cost with these.
 DEFAULT_SHEET_FRAMES = 6
 MAX_FRAMES = 16
-DEFAULT_MAX_VIDEO_SECONDS = 60.0
+from .defaults import DEFAULT_MAX_VIDEO_SECONDS  # noqa: E402
+
 NATIVE_SHORT_SIDE = 720
 NATIVE_VIDEO_BITRATE = 600_000
 NATIVE_AUDIO_BITRATE = 32_000
