@@ -43,7 +43,7 @@ class ExportSummary:
 def export(store: Store, model: Model, settings: RunSettings, roots: list[str], out_dir: str, shard_lines: int,
            images: str) -> ExportSummary:
     """Write shards of batch input lines for `model` (which must speak the OpenAI format)."""
-    api = model.batch_api() or _compatible_api(model)
+    api = _compatible_api(model)  # the OpenAI batch format, which vllm run-batch and its peers read
     summary = ExportSummary()
     _release_unanswered(store, model.model_id)
     runner = Runner(store, model, settings)

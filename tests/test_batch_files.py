@@ -84,3 +84,9 @@ def test_photos_in_an_exported_shard_are_not_sent_live(fake_openai, photos, tmp_
     result = run("caption", photos, "-m", "openai/llava", "--db", db, "--json")
     assert fake_openai.image_requests == []
     assert "in an open batch job" in json.dumps(json.loads(result.output)["skipped"])
+
+
+def test_batch_files_are_for_openai_format_models(photos, tmp_path, db):
+    result = run("batches", "--db", db, "export", photos, "-m", "gemini-2.5-flash-lite", "--out", tmp_path / "s")
+    assert result.exit_code == 2 and "does not speak the OpenAI format" in result.output
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").iterdir())
