@@ -83,3 +83,10 @@ async def jsonl_lines(client: httpx.AsyncClient, url: str, headers: dict[str, st
                     yield as_dict(parse_json(text))
                 except ProviderError:
                     yield None
+
+
+def answer_json(response: httpx.Response, map_error: Callable[[httpx.Response], Exception]) -> dict[str, Any]:
+    """A batch endpoint's JSON answer, or the provider's error for a non-200."""
+    if response.status_code != 200:
+        raise map_error(response)
+    return as_dict(parse_json(response.content))

@@ -13,8 +13,7 @@ from typing import Any
 
 import httpx
 
-from captioner.answers import parse_json
-from captioner.batch_api import ANSWERED, CANCELLED, ERRORED, EXPIRED, BatchStatus, ItemResult, jsonl_lines
+from captioner.batch_api import ANSWERED, CANCELLED, ERRORED, EXPIRED, BatchStatus, ItemResult, answer_json, jsonl_lines
 from captioner.hookspecs import hookimpl
 from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
@@ -192,11 +191,6 @@ class AnthropicBatch:
     def _url(self, path: str = "") -> str:
         return self.model.endpoint() + "/batches" + path
 
-    async def _json(self, response: httpx.Response) -> dict[str, Any]:
-        if response.status_code != 200:
-            raise map_error(response)
-        return as_dict(parse_json(response.content))
-
     async def create(self, client: httpx.AsyncClient, lines: Any, count: int, tag: str, key: str | None) -> str:
         async def body() -> AsyncIterator[bytes]:
             yield b'{"requests":['
@@ -205,16 +199,16 @@ class AnthropicBatch:
                     yield (b"," if n else b"") + line.rstrip(b"\n")
             yield b"]}"
 
-        created = await self._json(await client.post(self._url(), content=body(),
-                                                     headers=self.model.request_headers(key)))
+        created = answer_json(await client.post(self._url(), content=body(),
+                                                     headers=self.model.request_headers(key)), map_error)
         if not isinstance(created.get("id"), str):
             raise ProviderError("the batch was created without an id")
         return created["id"]
 
     async def find(self, client: httpx.AsyncClient, tag: str, count: int, since: str, key: str | None
                    ) -> str | None:
-        listing = await self._json(await client.get(self._url(), params={"limit": 100},
-                                                    headers=self.model.request_headers(key)))
+        listing = answer_json(await client.get(self._url(), params={"limit": 100},
+                                                    headers=self.model.request_headers(key)), map_error)
         started = datetime.fromisoformat(since) - timedelta(minutes=1)
         for batch in sorted(map(as_dict, as_list(listing.get("data"))), key=lambda b: str(b.get("created_at"))):
             try:
@@ -227,14 +221,16 @@ class AnthropicBatch:
         return None
 
     async def poll(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> BatchStatus:
-        batch = await self._json(await client.get(self._url(f"/{batch_id}"), headers=self.model.request_headers(key)))
+        response = await client.get(self._url(f"/{batch_id}"), headers=self.model.request_headers(key))
+        batch = answer_json(response, map_error)
         counts = {k: v for k, v in as_dict(batch.get("request_counts")).items() if isinstance(v, int)}
         status = str(batch.get("processing_status"))
         return BatchStatus(status == "ended", status, counts)
 
     async def results(self, client: httpx.AsyncClient, batch_id: str, key: str | None
                       ) -> AsyncIterator[ItemResult]:
-        batch = await self._json(await client.get(self._url(f"/{batch_id}"), headers=self.model.request_headers(key)))
+        response = await client.get(self._url(f"/{batch_id}"), headers=self.model.request_headers(key))
+        batch = answer_json(response, map_error)
         url = batch.get("results_url")
         if not isinstance(url, str):
             return
@@ -259,4 +255,5 @@ class AnthropicBatch:
         return ItemResult(custom_id, ERRORED, error=f"{error.get('type', 'error')}: {error.get('message', '')}")
 
     async def cancel(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> None:
-        await self._json(await client.post(self._url(f"/{batch_id}/cancel"), headers=self.model.request_headers(key)))
+        response = await client.post(self._url(f"/{batch_id}/cancel"), headers=self.model.request_headers(key))
+        answer_json(response, map_error)

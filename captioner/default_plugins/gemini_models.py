@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from captioner.answers import parse_json
-from captioner.batch_api import ANSWERED, ERRORED, BatchStatus, ItemResult, jsonl_lines
+from captioner.batch_api import ANSWERED, ERRORED, BatchStatus, ItemResult, answer_json, jsonl_lines
 from captioner.hookspecs import hookimpl
 from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
@@ -367,11 +367,6 @@ class GeminiBatch:
     def line(self, request: CaptionRequest, custom_id: str) -> dict[str, Any]:
         return {"key": custom_id, "request": self.model.build_body(request)}
 
-    async def _json(self, response: httpx.Response) -> dict[str, Any]:
-        if response.status_code != 200:
-            raise map_error(response)
-        return as_dict(parse_json(response.content))
-
     async def create(self, client: httpx.AsyncClient, lines: Any, count: int, tag: str, key: str | None) -> str:
         url = f"{api_base()}/models/{self.model.model_id}:batchGenerateContent"
         if os.path.getsize(lines) <= INLINE_BATCH_BYTES:
@@ -382,16 +377,17 @@ class GeminiBatch:
         else:
             uploaded = await upload_file(client, str(lines), "application/jsonl", key)  # streamed from disk
             config = {"file_name": uploaded["name"]}
-        operation = await self._json(await client.post(
+        operation = answer_json(await client.post(
             url, headers=self.model.request_headers(key),
-            content=json.dumps({"batch": {"display_name": tag, "input_config": config}})))
+            content=json.dumps({"batch": {"display_name": tag, "input_config": config}})), map_error)
         if not isinstance(operation.get("name"), str):
             raise ProviderError("the batch job was created without a name")
         return operation["name"]
 
     async def find(self, client: httpx.AsyncClient, tag: str, count: int, since: str, key: str | None
                    ) -> str | None:
-        listing = await self._json(await client.get(f"{api_base()}/batches", headers=self.model.request_headers(key)))
+        response = await client.get(f"{api_base()}/batches", headers=self.model.request_headers(key))
+        listing = answer_json(response, map_error)
         for operation in map(as_dict, as_list(listing.get("operations") or listing.get("batches"))):
             metadata = as_dict(operation.get("metadata"))
             if metadata.get("displayName") == tag and isinstance(operation.get("name"), str):
@@ -399,8 +395,8 @@ class GeminiBatch:
         return None
 
     async def poll(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> BatchStatus:
-        operation = await self._json(await client.get(f"{api_base()}/{batch_id}",
-                                                      headers=self.model.request_headers(key)))
+        operation = answer_json(await client.get(f"{api_base()}/{batch_id}",
+                                                      headers=self.model.request_headers(key)), map_error)
         metadata = as_dict(operation.get("metadata"))
         state = str(metadata.get("state"))
         # int64 counts arrive as strings ("requestCount": "100").
@@ -411,8 +407,8 @@ class GeminiBatch:
 
     async def results(self, client: httpx.AsyncClient, batch_id: str, key: str | None
                       ) -> AsyncIterator[ItemResult]:
-        operation = await self._json(await client.get(f"{api_base()}/{batch_id}",
-                                                      headers=self.model.request_headers(key)))
+        operation = answer_json(await client.get(f"{api_base()}/{batch_id}",
+                                                      headers=self.model.request_headers(key)), map_error)
         response = as_dict(operation.get("response"))
         inline = as_dict(response.get("inlinedResponses")).get("inlinedResponses")
         for entry in map(as_dict, as_list(inline)):
@@ -436,4 +432,5 @@ class GeminiBatch:
         return ItemResult(custom_id, ERRORED, error=f"code {error.get('code')}: {error.get('message', '')}")
 
     async def cancel(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> None:
-        await self._json(await client.post(f"{api_base()}/{batch_id}:cancel", headers=self.model.request_headers(key)))
+        response = await client.post(f"{api_base()}/{batch_id}:cancel", headers=self.model.request_headers(key))
+        answer_json(response, map_error)

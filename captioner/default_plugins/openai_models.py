@@ -15,8 +15,7 @@ from typing import Any
 
 import httpx
 
-from captioner.answers import parse_json
-from captioner.batch_api import ANSWERED, CANCELLED, ERRORED, EXPIRED, BatchStatus, ItemResult, jsonl_lines
+from captioner.batch_api import ANSWERED, CANCELLED, ERRORED, EXPIRED, BatchStatus, ItemResult, answer_json, jsonl_lines
 from captioner.hookspecs import hookimpl
 from captioner.http_model import HTTPModel, images_base64
 from captioner.models import (
@@ -295,35 +294,30 @@ class OpenAIBatch:
     def _auth(key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    async def _json(self, response: httpx.Response) -> dict[str, Any]:
-        if response.status_code != 200:
-            raise map_error(response)
-        return as_dict(parse_json(response.content))
-
     async def create(self, client: httpx.AsyncClient, lines: Any, count: int, tag: str, key: str | None) -> str:
         with open(lines, "rb") as fh:
-            upload = await self._json(await client.post(
+            upload = answer_json(await client.post(
                 self._base() + "/files", data={"purpose": "batch"},
-                files={"file": ("captioner-batch.jsonl", fh, "application/jsonl")}, headers=self._auth(key)))
-        created = await self._json(await client.post(
+                files={"file": ("captioner-batch.jsonl", fh, "application/jsonl")}, headers=self._auth(key)), map_error)
+        created = answer_json(await client.post(
             self._base() + "/batches", headers=self._auth(key),
             json={"input_file_id": upload.get("id"), "endpoint": "/v1/chat/completions",
-                  "completion_window": "24h", "metadata": {"captioner_tag": tag}}))
+                  "completion_window": "24h", "metadata": {"captioner_tag": tag}}), map_error)
         if not isinstance(created.get("id"), str):
             raise ProviderError("the batch was created without an id", retryable=False)
         return created["id"]
 
     async def find(self, client: httpx.AsyncClient, tag: str, count: int, since: str, key: str | None
                    ) -> str | None:
-        listing = await self._json(await client.get(self._base() + "/batches", params={"limit": 100},
-                                                    headers=self._auth(key)))
+        listing = answer_json(await client.get(self._base() + "/batches", params={"limit": 100},
+                                                    headers=self._auth(key)), map_error)
         for batch in map(as_dict, as_list(listing.get("data"))):
             if as_dict(batch.get("metadata")).get("captioner_tag") == tag and isinstance(batch.get("id"), str):
                 return batch["id"]
         return None
 
     async def poll(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> BatchStatus:
-        batch = await self._json(await client.get(f"{self._base()}/batches/{batch_id}", headers=self._auth(key)))
+        batch = answer_json(await client.get(f"{self._base()}/batches/{batch_id}", headers=self._auth(key)), map_error)
         status = str(batch.get("status"))
         counts = {k: int(v) for k, v in as_dict(batch.get("request_counts")).items() if isinstance(v, int)}
         errors = [as_dict(e).get("message") for e in as_list(as_dict(batch.get("errors")).get("data"))]
@@ -332,7 +326,7 @@ class OpenAIBatch:
 
     async def results(self, client: httpx.AsyncClient, batch_id: str, key: str | None
                       ) -> AsyncIterator[ItemResult]:
-        batch = await self._json(await client.get(f"{self._base()}/batches/{batch_id}", headers=self._auth(key)))
+        batch = answer_json(await client.get(f"{self._base()}/batches/{batch_id}", headers=self._auth(key)), map_error)
         for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
             if not isinstance(file_id, str):
                 continue
@@ -364,4 +358,4 @@ class OpenAIBatch:
         return ItemResult(custom_id, ERRORED, error=f"HTTP {status}: {message}" if status else message)
 
     async def cancel(self, client: httpx.AsyncClient, batch_id: str, key: str | None) -> None:
-        await self._json(await client.post(f"{self._base()}/batches/{batch_id}/cancel", headers=self._auth(key)))
+        answer_json(await client.post(f"{self._base()}/batches/{batch_id}/cancel", headers=self._auth(key)), map_error)
