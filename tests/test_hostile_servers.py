@@ -133,7 +133,7 @@ def test_an_endless_body_is_cut_at_the_total_deadline(kind, fake_openai, photos,
 
 
 def test_a_provider_error_that_echoes_the_key_never_stores_it(fake_openai, photos, db, monkeypatch):
-    key = "sk-proj-ThisIsTheSecretKey0123456789"
+    key = "sk-test-echoed-not-a-real-key-0123"
     monkeypatch.setenv("OPENAI_API_KEY", key)
     echo = {"error": {"message": f"bad request; headers were Authorization: Bearer {key}"}}
     fake_openai.faults = [None, Fault(400, echo)]

@@ -21,7 +21,7 @@ from captioner.send import AdaptiveLimit, Answer, NoAnswer, NotSent, RateCap, Re
 from captioner.store import Store
 
 REQUEST = CaptionRequest(jpeg=b"\xff\xd8 not really a jpeg", width=4, height=3, prompt="Describe.",
-                         key="sk-secret-value-123")
+                         key="sk-test-not-a-real-key-123")
 
 
 class ScriptedModel(Model):
@@ -234,5 +234,5 @@ def test_planning_reads_but_never_writes(photos, db):
 
 def test_a_request_repr_shows_neither_the_key_nor_the_image_bytes():
     text = repr(REQUEST)
-    assert "sk-secret-value-123" not in text and "not really a jpeg" not in text
+    assert "sk-test-not-a-real-key-123" not in text and "not really a jpeg" not in text
     assert "bytes" in text and "key=<set>" in text
