@@ -409,6 +409,21 @@ def request_log(verbose: bool, log_file: str | None) -> Iterator[None]:
             handler.close()
 
 
+@contextlib.contextmanager
+def batch_api_errors() -> Iterator[None]:
+    """A batch API call that fails ends the command with one line and exit 2, never a traceback."""
+    import httpx
+
+    from .models import ProviderError
+
+    try:
+        yield
+    except ProviderError as exc:
+        raise ConfigFailure(f"batch API: {for_terminal(exc.message)}") from exc
+    except httpx.HTTPError as exc:
+        raise ConfigFailure(f"batch API: {for_terminal(f'{exc.__class__.__name__}: {exc}')}") from exc
+
+
 def collect_open_jobs(store: Store, model: Any, key: str | None) -> None:
     """Before a synchronous run: store what open batch jobs have finished (their photos are
     never sent again); a provider that cannot be reached now is tried next time."""
@@ -455,18 +470,14 @@ def run_batch(paths: tuple[str, ...], model: Any, settings: RunSettings, db: str
     """`caption --batch`: collect what is ready, submit the rest, and (unless --no-wait) wait for it."""
     import asyncio
 
-    import httpx
-
     from . import batch_mode
     from .batch_api import BatchUnavailable
-    from .models import ProviderError
 
     try:
         batch_mode.batch_api_of(model)
     except BatchUnavailable as exc:
         raise ConfigFailure(str(exc)) from exc
-    store = open_store(db or config.default_db())
-    try:
+    with contextlib.closing(open_store(db or config.default_db())) as store, batch_api_errors():
         # This model's open jobs first (the same command collects what an earlier one submitted).
         earlier = [job["id"] for job in store.batch_jobs(open_only=True) if job["model"] == model.model_id]
         collected = batch_mode.BatchSummary(model.model_id)
@@ -483,11 +494,6 @@ def run_batch(paths: tuple[str, ...], model: Any, settings: RunSettings, db: str
                 click.echo(f"stopped waiting; the jobs keep running at the provider. Collect them with: "
                            f"captioner batches collect {' '.join(map(str, waiting_for))}", err=True)
                 sys.exit(EXIT_INTERRUPTED)
-    except (httpx.HTTPError, ProviderError) as exc:
-        message = exc.message if isinstance(exc, ProviderError) else f"{exc.__class__.__name__}: {exc}"
-        raise ConfigFailure(f"batch API: {for_terminal(message)}") from exc
-    finally:
-        store.close()
     report_batch(collected, submitted, final, as_json)
 
 
@@ -1084,23 +1090,17 @@ def batches_collect(db, ids, wait, poll_interval, key, as_json):
     """Store the results of open jobs (all, or those named)."""
     import asyncio
 
-    import httpx
-
     from . import batch_mode
-    from .models import ProviderError
 
-    store = open_store(db or config.default_db())
-    try:
-        summary = asyncio.run(batch_mode.collect(store, resolve_model, lambda m: config.resolve_key(m, key),
-                                                 list(ids) or None, wait, poll_interval, _batch_progress))
-    except (httpx.HTTPError, ProviderError, ConfigError) as exc:
-        message = exc.message if isinstance(exc, ProviderError) else str(exc)
-        raise ConfigFailure(f"batch API: {for_terminal(message)}") from exc
-    except KeyboardInterrupt:
-        click.echo("stopped waiting; the jobs keep running at the provider", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    finally:
-        store.close()
+    with contextlib.closing(open_store(db or config.default_db())) as store, batch_api_errors():
+        try:
+            summary = asyncio.run(batch_mode.collect(store, resolve_model, lambda m: config.resolve_key(m, key),
+                                                     list(ids) or None, wait, poll_interval, _batch_progress))
+        except ConfigError as exc:
+            raise ConfigFailure(f"batch API: {for_terminal(str(exc))}") from exc
+        except KeyboardInterrupt:
+            click.echo("stopped waiting; the jobs keep running at the provider", err=True)
+            sys.exit(EXIT_INTERRUPTED)
     if as_json:
         print_json(summary.to_dict())
     else:
@@ -1120,24 +1120,15 @@ def batches_cancel(db, job_id, key):
     """Ask the provider to cancel a job (then collect it for any partial results)."""
     import asyncio
 
-    import httpx
-
     from . import batch_mode
-    from .models import ProviderError
 
-    store = open_store(db or config.default_db())
-    try:
+    with contextlib.closing(open_store(db or config.default_db())) as store, batch_api_errors():
         jobs = store.batch_jobs([job_id], open_only=True)
         if not jobs or not jobs[0]["provider_batch_id"]:
             raise ConfigFailure(f"no open batch job {job_id} (see `captioner batches`)")
         model = resolve_model(jobs[0]["model"])
         asyncio.run(batch_mode.cancel(store, batch_mode.batch_api_of(model), config.resolve_key(model, key),
                                       jobs[0]))
-    except (httpx.HTTPError, ProviderError) as exc:
-        message = exc.message if isinstance(exc, ProviderError) else str(exc)
-        raise ConfigFailure(f"batch API: {for_terminal(message)}") from exc
-    finally:
-        store.close()
     click.echo(f"cancel requested for job {job_id}; `captioner batches collect {job_id}` stores what it finished")
 
 

@@ -143,6 +143,16 @@ def test_cancel_keeps_what_finished_and_sends_the_rest_again(fake_openai, photos
     assert job["status"] == "ended" and job["items_ok"] > 0 and job["items_expired"] > 0
 
 
+def test_an_unreachable_batch_api_is_one_line_and_the_job_stays_open(fake_openai, photos, db, monkeypatch):
+    run("caption", photos, "-m", "gpt-4.1-nano", "--db", db, "--batch", "--no-wait")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens there
+    for command in (["collect"], ["cancel", "1"]):
+        result = run("batches", "--db", db, *command)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.output.startswith("Error: batch API: ConnectError") and result.output.count("\n") == 1
+    assert rows(db, "SELECT status FROM batch_jobs")[0]["status"] == "submitted"
+
+
 def test_models_without_a_batch_api_refuse_batch(fake_ollama, photos, db):
     result = run("caption", photos, "-m", "ollama/llava:7b", "--db", db, "--batch")
     assert result.exit_code == 2 and "has no batch API" in result.output and not db.exists()
