@@ -226,16 +226,6 @@ def error_for_status(
     return ProviderError(text, fatal=fatal, status_code=status)
 
 
-def response_json(response: httpx.Response) -> Any:
-    """The body as JSON; a truncated or garbled body is a retryable fault."""
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProviderError(
-            f"malformed response body from server ({exc.__class__.__name__})", retryable=True
-        ) from exc
-
-
 def error_body(response: httpx.Response) -> tuple[Any, str]:
     """An error response's JSON body (None if it is not JSON) and its human message."""
     try:
@@ -310,11 +300,3 @@ def add_tokens(*values: Any) -> Any:
         return None
     odd = next((v for v in present if isinstance(v, bool) or not isinstance(v, (int, float))), None)
     return odd if odd is not None else sum(present)
-
-
-def option_value(value: str) -> Any:
-    """`-o temperature 0.2` arrives as a string; send numbers, booleans and JSON as such."""
-    try:
-        return json.loads(value)
-    except (json.JSONDecodeError, TypeError):
-        return value
