@@ -24,7 +24,7 @@ from . import pricing
 from .answers import checked
 from .batch_api import CANCELLED, ERRORED, EXPIRED
 from .media import ExifFacts, ImageError, PreparedImage, file_sha256, header_facts, read_file, sent_size
-from .models import FAILED, CaptionRequest, CaptionResult, Model
+from .models import FAILED, CaptionResult, Model
 from .pipeline import Runner, RunSettings, _prepare_for
 from .store import CLAIMED, EXPORTED, Store, utcnow
 
@@ -76,7 +76,7 @@ def export(store: Store, model: Model, settings: RunSettings, roots: list[str], 
                 summary.failed_to_prepare += 1
                 continue
             image_id = store.save_image(found.path, sha, found.size, found.mtime, prepared, kind=found.kind)
-            estimated, media = runner._estimate_and_media(prepared, recipe)
+            estimated, request = runner.request_for(prepared, recipe)
             if shard is None or count >= shard_lines:
                 if shard is not None:
                     shard.close()
@@ -88,9 +88,6 @@ def export(store: Store, model: Model, settings: RunSettings, roots: list[str], 
                 summary.shards.append(path)
                 count = 0
             custom_id = f"{os.path.basename(shard.name)[:-6]}-{count + 1}"
-            request = CaptionRequest(jpeg=prepared.jpeg, width=prepared.sent_width, height=prepared.sent_height,
-                                     prompt=recipe.prompt, system=recipe.system, options=settings.options,
-                                     media=media)
             line = api.line(request, custom_id)
             if images == "file-url":
                 _point_at_file(line, found.path)

@@ -35,7 +35,7 @@ from .answers import checked, redact
 from .batch_api import CANCELLED, ERRORED, EXPIRED, BatchAPI, BatchStatus, BatchUnavailable
 from .budget import Budget
 from .media import ImageError, file_sha256, read_file
-from .models import FAILED, CaptionRequest, CaptionResult, Model, ProviderError
+from .models import FAILED, CaptionResult, Model, ProviderError
 from .pipeline import Runner, RunSettings, _prepare_for
 from .store import CLAIMED, Store
 
@@ -131,7 +131,7 @@ async def submit(store: Store, model: Model, settings: RunSettings, roots: list[
                 summary.failed_to_prepare += 1
                 continue
             image_id = store.save_image(found.path, sha, found.size, found.mtime, prepared, kind=found.kind)
-            estimated, media = runner._estimate_and_media(prepared, recipe)
+            estimated, request = runner.request_for(prepared, recipe)
             worst = budget.worst_case(estimated) * discount
             if not budget.fits(worst):
                 store.release(sha, recipe.key)
@@ -143,9 +143,6 @@ async def submit(store: Store, model: Model, settings: RunSettings, roots: list[
             expected = pricing.price_request(model, estimated, ASSUMED_OUTPUT_TOKENS, user_prices=runner.user_prices)
             estimated_in_chunk += (expected.cost_usd or 0.0) * discount
             custom_id = f"c{len(chunk) + 1}-{sha[:12]}"
-            request = CaptionRequest(jpeg=prepared.jpeg, width=prepared.sent_width, height=prepared.sent_height,
-                                     prompt=recipe.prompt, system=recipe.system, options=settings.options,
-                                     key=settings.key, media=media)
             line = json.dumps(api.line(request, custom_id), separators=(",", ":")) + "\n"
             if chunk and (len(chunk) >= limit or chunk_bytes + len(line) > api.max_bytes):
                 this_one = (expected.cost_usd or 0.0) * discount

@@ -309,6 +309,15 @@ class Runner:
         """(In a worker thread.) The photo resized, or the clip turned into what this model is sent."""
         return _prepare_for(self, found, data)
 
+    def request_for(self, prepared: PreparedImage, recipe: Recipe) -> tuple[int, CaptionRequest]:
+        """The request for one prepared photo or clip, and its estimated input tokens (what
+        the budget reserves). Synchronous runs, batch jobs and exported files all send this."""
+        s = self.settings
+        estimated, media = self._estimate_and_media(prepared, recipe)
+        return estimated, CaptionRequest(jpeg=prepared.jpeg, width=prepared.sent_width, height=prepared.sent_height,
+                                         prompt=recipe.prompt, system=recipe.system, options=s.options, key=s.key,
+                                         media=media)
+
     def _estimate_and_media(self, prepared: PreparedImage, recipe: Recipe) -> tuple[int, tuple[MediaPart, ...]]:
         """Estimated input tokens of the request, and the media parts it carries besides its image."""
         s = self.settings
@@ -344,7 +353,7 @@ class Runner:
         if self.control.stopping:
             self.ledger.not_sent()
             return
-        estimated, media = self._estimate_and_media(prepared, recipe)
+        estimated, request = self.request_for(prepared, recipe)
         worst_case = self.budget.worst_case(estimated)
         reserved = 0.0
 
@@ -356,9 +365,6 @@ class Runner:
             reserved = worst_case
             return True
 
-        request = CaptionRequest(jpeg=prepared.jpeg, width=prepared.sent_width, height=prepared.sent_height,
-                                 prompt=recipe.prompt, system=recipe.system, options=s.options, key=s.key,
-                                 media=media)
         outcome = await sender.send(request, reserve if s.max_cost is not None else None)
         # What the budget counts as spent: the bill; or, where the bill is unknown
         # (untrusted usage, a timeout after sending), the whole reservation.
