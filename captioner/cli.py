@@ -1083,7 +1083,7 @@ def batches(ctx, db, as_json):
 @click.option("--wait", is_flag=True, help="Wait until the jobs end")
 @click.option("--poll-interval", type=FiniteFloat(0.01, 3600), default=30.0, show_default=True, metavar="S",
               help="Seconds between looks at a job while waiting")
-@click.option("--key", help="API key (overrides the keys file and env vars)")
+@click.option("--key", help="API key of the jobs' provider (overrides the keys file and env vars)")
 @json_option("the summary")
 @click.pass_obj
 def batches_collect(db, ids, wait, poll_interval, key, as_json):
@@ -1093,6 +1093,8 @@ def batches_collect(db, ids, wait, poll_interval, key, as_json):
     from . import batch_mode
 
     with contextlib.closing(open_store(db or config.default_db())) as store, batch_api_errors():
+        if key:
+            one_provider_for_key(store.batch_jobs(list(ids) or None, open_only=True))
         try:
             summary = asyncio.run(batch_mode.collect(store, resolve_model, lambda m: config.resolve_key(m, key),
                                                      list(ids) or None, wait, poll_interval, _batch_progress))
@@ -1110,6 +1112,14 @@ def batches_collect(db, ids, wait, poll_interval, key, as_json):
             click.echo(f"still running: {' '.join(map(str, summary.still_running))}")
     if summary.collected_failed:
         sys.exit(EXIT_SOME_FAILED)
+
+
+def one_provider_for_key(jobs: list[dict[str, Any]]) -> None:
+    """`--key` is one provider's key: it must never be sent to another provider's batch API."""
+    providers = sorted({resolve_model(job["model"]).key_name or job["model"] for job in jobs})
+    if len(providers) > 1:
+        raise ConfigFailure(f"--key is one provider's key and these open jobs use {', '.join(providers)}; "
+                            "name the jobs of one provider (see `captioner batches`)")
 
 
 @batches.command("cancel")
