@@ -23,8 +23,9 @@ from typing import Any
 from . import pricing
 from .answers import checked
 from .batch_api import CANCELLED, ERRORED, EXPIRED
+from .ledger import failed
 from .media import ExifFacts, ImageError, PreparedImage, file_sha256, header_facts, read_file, sent_size
-from .models import FAILED, CaptionResult, Model
+from .models import FAILED, Model
 from .pipeline import Runner, RunSettings, _prepare_for
 from .store import CLAIMED, EXPORTED, Store, utcnow
 
@@ -70,8 +71,7 @@ def export(store: Store, model: Model, settings: RunSettings, roots: list[str], 
                             else _prepare_for(runner, found, data))
             except ImageError as exc:
                 image_id = store.save_image(found.path, sha, found.size, found.mtime, kind=found.kind)
-                store.save_caption(image_id=image_id, run_id=run_id, result=CaptionResult(
-                    text=None, status=FAILED, error=str(exc)), **recipe.columns())
+                store.save_caption(image_id=image_id, run_id=run_id, result=failed(str(exc)), **recipe.columns())
                 store.release(sha, recipe.key)
                 summary.failed_to_prepare += 1
                 continue
@@ -181,7 +181,7 @@ def import_files(store: Store, model_for: Any, paths: list[str]) -> ImportSummar
                     continue
                 model = models.setdefault(item["model"], model_for(item["model"]))
                 if result.outcome == ERRORED or result.result is None:
-                    answer = CaptionResult(text=None, status=FAILED, error=result.error or "errored")
+                    answer = failed(result.error or "errored")
                 else:
                     answer = checked(result.result)
                 cost = None

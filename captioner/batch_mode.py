@@ -34,6 +34,7 @@ from . import pricing
 from .answers import checked, redact
 from .batch_api import CANCELLED, ERRORED, EXPIRED, BatchAPI, BatchStatus, BatchUnavailable
 from .budget import Budget
+from .ledger import failed
 from .media import ImageError, file_sha256, read_file
 from .models import FAILED, CaptionResult, Model, ProviderError
 from .pipeline import Runner, RunSettings, _prepare_for
@@ -125,8 +126,7 @@ async def submit(store: Store, model: Model, settings: RunSettings, roots: list[
                 continue
             if isinstance(prepared, ImageError):
                 image_id = store.save_image(found.path, sha, found.size, found.mtime, kind=found.kind)
-                store.save_caption(image_id=image_id, run_id=run_id, result=CaptionResult(
-                    text=None, status=FAILED, error=str(prepared)), **_caption_recipe(recipe))
+                store.save_caption(image_id=image_id, run_id=run_id, result=failed(str(prepared)), **recipe.columns())
                 store.release(sha, recipe.key)
                 summary.failed_to_prepare += 1
                 continue
@@ -209,10 +209,6 @@ def _temp_lines() -> Any:
 def _discard(handle: Any) -> None:
     handle.close()
     os.unlink(handle.name)
-
-
-def _caption_recipe(recipe: Any) -> dict[str, Any]:
-    return recipe.columns()
 
 
 async def _create_job(store: Store, api: BatchAPI, model: Model, chunk: list[tuple[int, str, dict[str, Any], str, int]],
