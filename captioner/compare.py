@@ -15,6 +15,7 @@ import httpx
 
 from . import pricing
 from .answers import checked
+from .budget import Budget
 from .gallery import GalleryItem, render
 from .judge import FIRST, INVALID, SECOND, judge_prompt, parse_verdict, prompt_id
 from .media import ImageError, prepare_image, read_file
@@ -138,9 +139,14 @@ class Judged:
 
 async def _judge_all(store: Store, judge: Model, key: str | None, jobs: list[dict[str, Any]], max_cost: float | None,
                      concurrency: int, judged: Judged) -> None:
-    """Ask the judge about every (photo, pair, order) not judged yet, a few at a time."""
+    """Ask the judge about every (photo, pair, order) not judged yet, a few at a time. Under
+    --max-cost each judgement reserves its worst case before it is sent, as captions do, so
+    the judgements in flight together cannot spend past it."""
     user_prices = pricing.load_user_prices()
     prompt_version = prompt_id()
+    options = ({"max_tokens": "200"} if judge.accepted_options is not None
+               and any(o.name == "max_tokens" for o in judge.accepted_options) else {})
+    budget = Budget(max_cost, judge, options, user_prices)
     slots = asyncio.Semaphore(concurrency)
     spent = 0.0
 
@@ -149,13 +155,14 @@ async def _judge_all(store: Store, judge: Model, key: str | None, jobs: list[dic
         async with slots:
             if judged.stopped:
                 return
-            if max_cost is not None and spent >= max_cost:
+            prompt = judge_prompt(job["first"], job["second"])
+            worst = budget.worst_case(pricing.estimated_input_tokens(judge, job["width"], job["height"], options,
+                                                                     prompt, None))
+            if not await budget.reserve(worst):
                 judged.stopped = f"stopped judging at --max-cost ${max_cost:g}"
                 return
-            request = CaptionRequest(jpeg=job["jpeg"], width=job["width"], height=job["height"],
-                                     prompt=judge_prompt(job["first"], job["second"]), key=key,
-                                     options={"max_tokens": "200"} if judge.accepted_options is not None
-                                     and any(o.name == "max_tokens" for o in judge.accepted_options) else {})
+            request = CaptionRequest(jpeg=job["jpeg"], width=job["width"], height=job["height"], prompt=prompt,
+                                     key=key, options=options)
             try:
                 result = checked(await judge.caption(request, client))
                 verdict, reason = parse_verdict(result.text)
@@ -167,6 +174,8 @@ async def _judge_all(store: Store, judge: Model, key: str | None, jobs: list[dic
             cost = pricing.price_request(judge, result.input_tokens or 0, result.output_tokens or 0,
                                          user_prices=user_prices).cost_usd if result.input_tokens else None
             spent += cost or 0.0
+            # A bill that is not known (an error after sending) keeps its whole reservation.
+            await budget.settle(worst, worst if cost is None else cost)
             # Stored in canonical terms: which of a and b won, whatever order it was shown in.
             canonical = {FIRST: job["first_is"], SECOND: "b" if job["first_is"] == "a" else "a"}.get(verdict, verdict)
             store.save_judgement({

@@ -186,3 +186,20 @@ def test_the_judging_estimate_is_close_to_what_judging_cost(fake_openai, fake_ge
     judged = json.loads(result.output)["judged"]
     # Input is estimated closely; the output is assumed at 60 tokens (the fake judge writes 24).
     assert judged["judge_cost_usd"] <= judged["judge_estimate_usd"] <= 1.5 * judged["judge_cost_usd"]
+
+
+def test_judging_never_spends_past_max_cost_with_judgements_in_flight(fake_openai, fake_gemini, fake_anthropic,
+                                                                     photos, db, tmp_path):
+    fake_anthropic.respond = fair_judge
+    compare = ["compare", photos, "-m", "gpt-4o-mini", "-m", "gemini-2.5-flash-lite", "--judge",
+               "claude-haiku-4-5", "--sample", "6", "--concurrency", "8", "--json"]
+    free = json.loads(run(*compare, "--db", tmp_path / "free.db").output)
+    captions = rows(tmp_path / "free.db", "SELECT sum(cost_usd) AS usd FROM captions")[0]["usd"]
+    judging = free["judged"]["judge_cost_usd"]  # 12 judgements: 6 photos, both orders
+    cap = captions + judging / 2  # room for about half the judgements
+    capped = run(*compare, "--db", db, "--max-cost", f"{cap:.10f}")
+    judged = json.loads(capped.output)["judged"]
+    assert 0 < judged["judgements_made"] < 12 and judged["stopped"].startswith("stopped judging at --max-cost")
+    spent = rows(db, "SELECT sum(cost_usd) AS usd FROM captions")[0]["usd"] + \
+        rows(db, "SELECT sum(cost_usd) AS usd FROM judgements")[0]["usd"]
+    assert spent <= cap
