@@ -26,7 +26,7 @@ from .batch_api import CANCELLED, ERRORED, EXPIRED
 from .ledger import failed
 from .media import ExifFacts, ImageError, PreparedImage, file_sha256, header_facts, read_file, sent_size
 from .models import FAILED, Model
-from .pipeline import Runner, RunSettings, _prepare_for
+from .pipeline import Runner, RunSettings, prepare_for
 from .store import CLAIMED, EXPORTED, Store, utcnow
 
 
@@ -68,7 +68,7 @@ def export(store: Store, model: Model, settings: RunSettings, roots: list[str], 
             try:
                 # A file:// line is read by the engine itself: only the header is needed here.
                 prepared = (_header_only(found.path, runner.max_side) if images == "file-url" and found.kind == "image"
-                            else _prepare_for(runner, found, data))
+                            else prepare_for(runner, found, data))
             except ImageError as exc:
                 image_id = store.save_image(found.path, sha, found.size, found.mtime, kind=found.kind)
                 store.save_caption(image_id=image_id, run_id=run_id, result=failed(str(exc)), **recipe.columns())

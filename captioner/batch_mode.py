@@ -37,7 +37,7 @@ from .budget import Budget
 from .ledger import failed
 from .media import ImageError, file_sha256, read_file
 from .models import FAILED, CaptionResult, Model, ProviderError
-from .pipeline import Runner, RunSettings, _prepare_for
+from .pipeline import Runner, RunSettings, prepare_for
 from .store import CLAIMED, Store
 
 Progress = Callable[[dict[str, Any]], None]
@@ -186,7 +186,7 @@ async def _prepared_in_order(todo: list[Any], runner: Runner, executor: ThreadPo
         except OSError as exc:
             return "", exc
         try:
-            return sha, _prepare_for(runner, found, data)
+            return sha, prepare_for(runner, found, data)
         except ImageError as exc:
             return sha, exc
 

@@ -307,7 +307,7 @@ class Runner:
 
     def _prepare(self, found: Found, data: bytes) -> PreparedImage:
         """(In a worker thread.) The photo resized, or the clip turned into what this model is sent."""
-        return _prepare_for(self, found, data)
+        return prepare_for(self, found, data)
 
     def request_for(self, prepared: PreparedImage, recipe: Recipe) -> tuple[int, CaptionRequest]:
         """The request for one prepared photo or clip, and its estimated input tokens (what
@@ -382,7 +382,7 @@ class Runner:
         await self.budget.settle(reserved, spent)
 
 
-def _prepare_for(runner: Runner, found: Found, data: bytes) -> PreparedImage:
+def prepare_for(runner: Runner, found: Found, data: bytes) -> PreparedImage:
     s = runner.settings
     if found.kind != "video":
         return prepare_image(data, runner.max_side)
