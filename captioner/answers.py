@@ -51,13 +51,14 @@ def token_count(value: Any, maximum: int) -> int | None:
     return int(value)
 
 
-def checked(result: Any, max_output_tokens: int | None = None) -> CaptionResult:
+def checked(result: Any, max_output_tokens: int | None = None, schema: str | None = None) -> CaptionResult:
     """A plugin's result with its fields made safe to price and store.
 
     A result that is not a CaptionResult at all is a malformed answer. Token
     counts that are not plausible are dropped (the answer is kept, unpriced,
     with a note in `error`); so is an output count above what the request
-    allowed, which a server should never bill.
+    allowed, which a server should never bill. An answer to a request with a
+    schema is read against it (`captioner.schema.read_answer`).
     """
     if not isinstance(result, CaptionResult):
         raise ProviderError(f"the model returned {type(result).__name__}, not a CaptionResult")
@@ -91,7 +92,12 @@ def checked(result: Any, max_output_tokens: int | None = None) -> CaptionResult:
     if result.usage is not None and usage is None:
         note = f"usage is not an object ({_short(result.usage)}), not priced"
         error = f"{error}; {note}" if error else note
-    return replace(result, text=text, error=error, usage=_json_safe(usage), **fields)
+    safe = replace(result, text=text, error=error, usage=_json_safe(usage), data=None, **fields)
+    if schema is None:
+        return safe
+    from .schema import read_answer
+
+    return read_answer(safe, schema)
 
 
 def _short(value: Any) -> str:

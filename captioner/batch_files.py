@@ -25,7 +25,7 @@ from .answers import checked
 from .batch_api import CANCELLED, ERRORED, EXPIRED
 from .ledger import failed
 from .media import ExifFacts, ImageError, PreparedImage, file_sha256, header_facts, read_file, sent_size
-from .models import FAILED, Model
+from .models import FAILURES, Model
 from .pipeline import Runner, RunSettings, prepare_for
 from .store import CLAIMED, EXPORTED, Store, utcnow
 
@@ -76,7 +76,7 @@ def export(store: Store, model: Model, settings: RunSettings, roots: list[str], 
                 summary.failed_to_prepare += 1
                 continue
             image_id = store.save_image(found.path, sha, found.size, found.mtime, prepared, kind=found.kind)
-            estimated, request = runner.request_for(prepared, recipe)
+            estimated, request = runner.request_for(prepared, recipe, found.path)
             if shard is None or count >= shard_lines:
                 if shard is not None:
                     shard.close()
@@ -183,7 +183,7 @@ def import_files(store: Store, model_for: Any, paths: list[str]) -> ImportSummar
                 if result.outcome == ERRORED or result.result is None:
                     answer = failed(result.error or "errored")
                 else:
-                    answer = checked(result.result)
+                    answer = checked(result.result, schema=json.loads(item["recipe_json"]).get("schema_json"))
                 cost = None
                 if answer.input_tokens is not None:
                     cost = pricing.price_request(model, answer.input_tokens, answer.output_tokens or 0,
@@ -193,9 +193,10 @@ def import_files(store: Store, model_for: Any, paths: list[str]) -> ImportSummar
                        "price_in_per_m": cost.price_in_per_m if cost else None,
                        "price_out_per_m": cost.price_out_per_m if cost else None,
                        "estimated_input_tokens": item["estimated_input_tokens"]}
-                if store.settle_batch_item(item["id"], "failed" if answer.status == FAILED else "done", row):
-                    summary.failed += answer.status == FAILED
-                    summary.ok += answer.status != FAILED
+                failure = answer.status in FAILURES
+                if store.settle_batch_item(item["id"], "failed" if failure else "done", row):
+                    summary.failed += failure
+                    summary.ok += not failure
                 else:
                     summary.ignored += 1
     _close_answered_jobs(store)

@@ -36,7 +36,7 @@ from .batch_api import CANCELLED, ERRORED, EXPIRED, BatchAPI, BatchStatus, Batch
 from .budget import Budget
 from .ledger import failed
 from .media import ImageError, file_sha256, read_file
-from .models import FAILED, CaptionResult, Model, ProviderError
+from .models import FAILED, FAILURES, CaptionResult, Model, ProviderError
 from .pipeline import Runner, RunSettings, prepare_for
 from .store import CLAIMED, Store
 
@@ -131,7 +131,7 @@ async def submit(store: Store, model: Model, settings: RunSettings, roots: list[
                 summary.failed_to_prepare += 1
                 continue
             image_id = store.save_image(found.path, sha, found.size, found.mtime, prepared, kind=found.kind)
-            estimated, request = runner.request_for(prepared, recipe)
+            estimated, request = runner.request_for(prepared, recipe, found.path)
             worst = budget.worst_case(estimated) * discount
             if not budget.fits(worst):
                 store.release(sha, recipe.key)
@@ -325,13 +325,13 @@ async def _store_results(store: Store, api: BatchAPI, http: httpx.AsyncClient, m
             result = CaptionResult(text=None, status=FAILED,
                                    error=redact(item_result.error or "errored in the batch job", key))
         else:
-            result = checked(item_result.result)
+            result = checked(item_result.result, schema=_recipe_columns(item).get("schema_json"))
         cost, price_in, price_out = _batch_price(model, result, user_prices, discount)
         row = {"image_id": item["image_id"], "run_id": job["run_id"], **_recipe_columns(item),
                "result": result, "cost_usd": cost, "price_in_per_m": price_in, "price_out_per_m": price_out,
                "estimated_input_tokens": item["estimated_input_tokens"]}
-        if store.settle_batch_item(item["id"], "done" if result.status != FAILED else "failed", row):
-            if result.status == FAILED:
+        if store.settle_batch_item(item["id"], "failed" if result.status in FAILURES else "done", row):
+            if result.status in FAILURES:
                 failed += 1
             else:
                 ok += 1

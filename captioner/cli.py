@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import itertools
 import json
 import logging
@@ -254,7 +255,57 @@ recipe_options = stack(
     click.option("-s", "--system", callback=utf8_text, help="System prompt"),
     click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
                  help="Model option, e.g. -o detail low, -o max_tokens 200 (see `captioner models --options`)"),
+    click.option("-t", "--template", "template_name", metavar="NAME",
+                 help="A saved recipe: prompt, system, schema, model, options (see `captioner templates list`); "
+                      "what the command line gives wins"),
+    click.option("--schema", "schema_spec", metavar="SPEC", callback=utf8_text,
+                 help="Answer in this structure: 'title, description, keywords list[str], alt_text' "
+                      "or a JSON schema (inline or a .json file)"),
 )
+
+
+@dataclasses.dataclass
+class RecipeArgs:
+    """The recipe a command runs: its options as given, with a template's filled in."""
+
+    prompt: str
+    system: str | None
+    options: tuple[tuple[str, str], ...]
+    schema: dict[str, Any] | None
+    model_names: tuple[str, ...]
+
+
+def resolve_recipe(template_name: str | None, prompt: str, system: str | None, schema_spec: str | None,
+                   options: tuple[tuple[str, str], ...], model_names: tuple[str, ...]) -> RecipeArgs:
+    """Apply `-t NAME` (the command line wins over the template) and read `--schema`."""
+    from .schema import SchemaError, parse_schema, schema_from_value
+    from .templates import TemplateError, load
+
+    ctx = click.get_current_context()
+    schema = None
+    try:
+        if template_name is not None:
+            template = load(template_name)
+            if template.prompt and ctx.get_parameter_source("prompt") == click.core.ParameterSource.DEFAULT:
+                prompt = template.prompt
+            system = system if system is not None else template.system
+            if template.schema is not None and schema_spec is None:
+                schema = schema_from_value(template.schema, f"template {template_name}")
+            options = (*template.options.items(), *options)  # a later -o wins
+            model_names = model_names or ((template.model,) if template.model else ())
+        if schema_spec is not None:
+            schema = parse_schema(schema_spec)
+    except (TemplateError, SchemaError) as exc:
+        raise ConfigFailure(str(exc)) from exc
+    return RecipeArgs(prompt, system, options, schema, model_names)
+
+
+def check_schema(models, schema: dict[str, Any] | None) -> None:
+    """Refuse, before any image is read, a schema for a model that cannot answer in one."""
+    for model in models:
+        if schema is not None and not model.structured_output:
+            raise ConfigFailure(f"{model.model_id} cannot answer in a schema (its plugin has no structured output); "
+                                "use an OpenAI, Anthropic, Gemini or Ollama model, or leave out --schema")
 selection_options = stack(
     click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (repeatable)"),
     click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching (repeatable)"),
@@ -322,7 +373,8 @@ def cli() -> None:
 @click.option("--log", "log_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="Append the same log to FILE (never keys or image bytes)")
 @json_option("the summary")
-def caption(paths, model_name, prompt, system, options, db, key, concurrency, base_urls, max_cost, limit,
+def caption(paths, model_name, prompt, system, options, template_name, schema_spec, db, key, concurrency, base_urls,
+            max_cost, limit,
             max_side, include, exclude, max_file_mb, no_videos, max_video_seconds, video_prompt, live_photos,
             force, retry_failed, retries, timeout, rpm, backoff, use_batch, no_wait, poll_interval, batch_size,
             verbose, log_file, as_json):
@@ -337,8 +389,12 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ba
     from .pipeline import RunSettings, caption_paths
 
     _check_paths(paths)
-    (model,), keys = _models_and_keys((model_name,) if model_name is not None else (), key, need_keys=True)
-    options = check_options([model], options)
+    recipe = resolve_recipe(template_name, prompt, system, schema_spec, options,
+                            (model_name,) if model_name is not None else ())
+    prompt, system = recipe.prompt, recipe.system
+    (model,), keys = _models_and_keys(recipe.model_names, key, need_keys=True)
+    options = check_options([model], recipe.options)
+    check_schema([model], recipe.schema)
     try:
         pricing.load_user_prices()  # a malformed price file is one line now, not a traceback later
         unpriced = max_cost is not None and not pricing.price_request(model, 1000, 100).known
@@ -347,7 +403,8 @@ def caption(paths, model_name, prompt, system, options, db, key, concurrency, ba
     if unpriced:
         raise ConfigFailure(f"--max-cost needs a price for {model.model_id}; add one to {config.prices_path()}")
     settings = RunSettings(
-        prompt=prompt, system=system, options=options, key=keys[model.model_id], max_side=max_side,
+        prompt=prompt, system=system, options=options, schema=recipe.schema, key=keys[model.model_id],
+        max_side=max_side,
         concurrency=concurrency, limit=limit, force=force, retry_failed=retry_failed,
         max_cost=max_cost, retries=retries, timeout=timeout, backoff_base=backoff, rpm=rpm,
         include=include, exclude=exclude, max_file_bytes=max_file_mb * 2**20, videos=not no_videos,
@@ -695,7 +752,8 @@ def keys_path():
 @video_options
 @click.option("--video-prompt", callback=utf8_text, help="What to ask about each video clip")
 @json_option("the estimates")
-def estimate(paths, model_names, prompt, system, options, output_tokens, max_side, include, exclude, max_file_mb,
+def estimate(paths, model_names, prompt, system, options, template_name, schema_spec, output_tokens, max_side,
+             include, exclude, max_file_mb,
              no_videos, max_video_seconds, video_prompt, as_json):
     """Predict the cost of captioning PATHS, offline (reads image headers and video containers only).
 
@@ -707,10 +765,14 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
     from . import estimate as estimating
 
     _check_paths(paths)
-    models, _ = _models_and_keys(model_names)
-    options = check_options(models, options)
+    recipe = resolve_recipe(template_name, prompt, system, schema_spec, options, model_names)
+    prompt = recipe.prompt
+    models, _ = _models_and_keys(recipe.model_names)
+    options = check_options(models, recipe.options)
+    check_schema(models, recipe.schema)
     try:
-        results = estimating.estimate(paths, models, prompt=prompt, system=system, options=options,
+        results = estimating.estimate(paths, models, prompt=prompt, system=recipe.system, options=options,
+                                      schema=recipe.schema,
                                       output_tokens=output_tokens, max_side=max_side, include=include,
                                       exclude=exclude, max_bytes=max_file_mb * 2**20, videos=not no_videos,
                                       max_video_seconds=max_video_seconds,
@@ -745,7 +807,8 @@ def estimate(paths, model_names, prompt, system, options, output_tokens, max_sid
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
               help="Write a page with thumbnails and the captions side by side")
 @json_option("the comparison")
-def compare(paths, model_names, prompt, system, options, sample_size, db, concurrency, base_urls, include, exclude,
+def compare(paths, model_names, prompt, system, options, template_name, schema_spec, sample_size, db, concurrency,
+            base_urls, include, exclude,
             max_file_mb, judge_name, max_cost, html_file, as_json):
     """Caption the same sample of photos with several models and compare cost and words;
     with --judge, quality too (pairwise, both orders, with honest intervals).
@@ -765,7 +828,9 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
         raise ConfigFailure("compare needs at least two different models (-m A -m B)")
     if html_file:
         check_output_file(html_file, "--html")  # before paying for any caption
+    recipe = resolve_recipe(template_name, prompt, system, schema_spec, options, model_names)
     models, keys = _models_and_keys(model_names, need_keys=True)
+    check_schema(models, recipe.schema)
     judge = judge_key = None
     if judge_name:
         (judge,), judge_keys = _models_and_keys((judge_name,), need_keys=True)
@@ -775,8 +840,8 @@ def compare(paths, model_names, prompt, system, options, sample_size, db, concur
         raise ConfigFailure("--base-url is for OpenAI-compatible models (-m openai/NAME)")
     for model in pooled if base_urls else []:
         check_endpoints(model, base_urls, keys[model.model_id])
-    settings = RunSettings(prompt=prompt, system=system, options=check_options(models, options),
-                           concurrency=concurrency, include=include, exclude=exclude,
+    settings = RunSettings(prompt=recipe.prompt, system=recipe.system, options=check_options(models, recipe.options),
+                           schema=recipe.schema, concurrency=concurrency, include=include, exclude=exclude,
                            max_file_bytes=max_file_mb * 2**20, max_cost=max_cost)
     store = open_store(db or config.default_db())
     judged = None
@@ -902,24 +967,31 @@ def export(paths, db, fmt, model_name, out, sidecar_name, overwrite, dry_run):
 
 
 @cli.command()
-@click.argument("query", callback=utf8_text)
+@click.argument("query", callback=utf8_text, required=False)
 @db_option
 @click.option("-m", "--model", "model_name", help="Only captions by this model")
+@click.option("--tag", "tags", multiple=True, metavar="WORD",
+              help="Only photos with this keyword (repeatable: all must match; see `captioner tags`)")
 @click.option("--since", metavar="DATE", help="Taken on or after (YYYY-MM-DD)")
 @click.option("--until", metavar="DATE", help="Taken on or before (YYYY-MM-DD)")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True,
               help="Show at most N matches")
 @json_option("the matches")
-def search(query, db, model_name, since, until, limit, as_json):
-    """Find photos by words in their captions (full-text, "butterflies" finds "butterfly").
+def search(query, db, model_name, tags, since, until, limit, as_json):
+    """Find photos by words in their captions, titles and keywords (full-text,
+    "butterflies" finds "butterfly"), or by keyword with --tag.
 
     \b
     Examples:
       captioner search butterflies
       captioner search "dog AND beach" --since 2023-01-01
+      captioner search --tag beach
     """
+    if query is None and not tags:
+        raise ConfigFailure("give words to search for, or --tag WORD")
     with read_query(db) as store:
-        results = search_captions(store, query, model=model_name, since=since, until=until, limit=limit)
+        results = search_captions(store, query, model=model_name, since=since, until=until, limit=limit,
+                                  tags=tags)
     if as_json:
         for row in results:
             row["snippet"] = row["snippet"].replace(MARK_START, "**").replace(MARK_END, "**")
@@ -936,6 +1008,113 @@ def search(query, db, model_name, since, until, limit, as_json):
         taken = row["taken_at"][:10] if row["taken_at"] else "date unknown"
         click.echo(for_terminal(f"{row['path']}  ({row['model']}, {taken})"))
         click.echo(f"    {highlighted}")
+
+
+@cli.command()
+@db_option
+@click.option("-m", "--model", "model_name", help="Only keywords from this model's captions")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), help="Show the N most used")
+@json_option("the keyword counts")
+def tags(db, model_name, limit, as_json):
+    """Keywords of structured captions (--schema with keywords, -t keywords, -t photo-metadata)
+    and how many photos carry each, most used first.
+
+    \b
+    Example:
+      captioner tags --limit 20
+    """
+    from .search import tag_counts
+
+    with read_query(db) as store:
+        rows = tag_counts(store, model_name, limit)
+    if as_json:
+        print_json(rows)
+    elif not rows:
+        click.echo("no keywords yet (caption with -t photo-metadata or a --schema with keywords)")
+    else:
+        print_table(rows, ["tag", "photos"])
+
+
+@cli.group()
+def templates():
+    """Saved recipes (prompt, system, schema, model, options) used with -t NAME."""
+
+
+@templates.command("list")
+@json_option("the templates")
+def templates_list(as_json):
+    """Every template, built-in and yours."""
+    from . import templates as saved
+
+    rows = []
+    for name in saved.names():
+        try:
+            template = saved.load(name)
+        except saved.TemplateError as exc:
+            rows.append({"name": name, "source": "file", "prompt": f"(unreadable: {exc})", "schema": None})
+            continue
+        source = "built-in" if template.built_in else "file"
+        rows.append({"name": name, "source": source, "prompt": (template.prompt or "")[:70],
+                     "schema": template.schema if isinstance(template.schema, str) else
+                     ("JSON schema" if template.schema is not None else None)})
+    if as_json:
+        print_json(rows)
+    else:
+        print_table([{**r, "schema": (r["schema"] or "").replace("\n", "; ")[:50]} for r in rows],
+                    ["name", "source", "prompt", "schema"])
+
+
+@templates.command("show")
+@click.argument("name")
+def templates_show(name):
+    """Print a template as YAML."""
+    from . import templates as saved
+
+    try:
+        click.echo(saved.text_of(name), nl=False)
+    except saved.TemplateError as exc:
+        raise ConfigFailure(str(exc)) from exc
+
+
+@templates.command("edit")
+@click.argument("name")
+def templates_edit(name):
+    """Open a template in $EDITOR (a new one, or a copy of the built-in one to change);
+    it is checked when saved."""
+    from . import schema as schemas
+    from . import templates as saved
+
+    try:
+        path = saved.path_for(name)
+        start = saved.text_of(name) if (path.exists() or name in saved.BUILT_IN) else saved.dump(
+            {"prompt": DEFAULT_PROMPT, "schema": "title, description, keywords list[str], alt_text"})
+    except saved.TemplateError as exc:
+        raise ConfigFailure(str(exc)) from exc
+    edited = click.edit(start, extension=".yaml", require_save=True)
+    if edited is None:
+        click.echo("not saved: nothing changed", err=True)
+        return
+    try:
+        template = saved.from_text(name, edited, f"template {name}")
+        if template.schema is not None:
+            schemas.schema_from_value(template.schema, f"template {name}")
+    except (saved.TemplateError, schemas.SchemaError) as exc:
+        raise ConfigFailure(f"not saved: {exc}") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(edited, encoding="utf-8")
+    click.echo(f"saved {path}")
+
+
+@templates.command("path")
+@click.argument("name", required=False)
+def templates_path(name):
+    """The folder templates are kept in (or one template's file)."""
+    from . import templates as saved
+
+    try:
+        click.echo(str(saved.path_for(name) if name else saved.templates_dir()))
+    except saved.TemplateError as exc:
+        raise ConfigFailure(str(exc)) from exc
 
 
 @cli.command()
@@ -1150,7 +1329,8 @@ def batches_cancel(db, job_id, key):
 @recipe_options
 @db_option
 @json_option("the scores")
-def eval_command(paths, references_file, model_names, prompt, system, options, db, as_json):
+def eval_command(paths, references_file, model_names, prompt, system, options, template_name, schema_spec, db,
+                 as_json):
     """Score models' captions against human references with BLEU-4 (a weak signal: see the README).
 
     \\b
@@ -1170,8 +1350,11 @@ def eval_command(paths, references_file, model_names, prompt, system, options, d
                       if any(p == w or p.startswith(w.rstrip(os.sep) + os.sep) for w in wanted)}
     if not references:
         raise ConfigFailure(f"no references in {references_file} (rows of: path,reference caption)")
+    recipe = resolve_recipe(template_name, prompt, system, schema_spec, options, model_names)
     models, keys = _models_and_keys(model_names, need_keys=True)
-    settings = RunSettings(prompt=prompt, system=system, options=check_options(models, options))
+    check_schema(models, recipe.schema)
+    settings = RunSettings(prompt=recipe.prompt, system=recipe.system, options=check_options(models, recipe.options),
+                           schema=recipe.schema)
     store = open_store(db or config.default_db())
     try:
         table, _ = compare_module.evaluate(store, models, keys, settings, references)
@@ -1196,7 +1379,8 @@ def eval_command(paths, references_file, model_names, prompt, system, options, d
               help="Images inline, or as file:// paths (vllm run-batch --allowed-local-media-path)")
 @recipe_options
 @click.pass_obj
-def batches_export(db, paths, model_name, out_dir, shard_lines, images, prompt, system, options):
+def batches_export(db, paths, model_name, out_dir, shard_lines, images, prompt, system, options, template_name,
+                   schema_spec):
     """Write OpenAI batch input shards for `vllm run-batch` and record them as jobs of this database.
 
     \\b
@@ -1207,8 +1391,11 @@ def batches_export(db, paths, model_name, out_dir, shard_lines, images, prompt, 
     from .pipeline import RunSettings
 
     _check_paths(paths)
+    recipe = resolve_recipe(template_name, prompt, system, schema_spec, options, (model_name,))
     model = resolve_model(model_name)
-    settings = RunSettings(prompt=prompt, system=system, options=check_options([model], options))
+    check_schema([model], recipe.schema)
+    settings = RunSettings(prompt=recipe.prompt, system=recipe.system, options=check_options([model], recipe.options),
+                           schema=recipe.schema)
     store = open_store(db or config.default_db())
     try:
         summary = batch_files.export(store, model, settings, list(paths), out_dir, shard_lines, images)

@@ -19,6 +19,7 @@ from .media import ImageError, header_facts, sent_size
 from .models import Model
 from .plan import without_motion_parts
 from .scan import DEFAULT_MAX_FILE_BYTES, Found, scan
+from .schema import canonical, extra_output_tokens
 from .video import (
     DEFAULT_MAX_VIDEO_SECONDS,
     VideoFacts,
@@ -72,21 +73,21 @@ def image_headers(paths: Iterable[Found], threads: int = 8
 
 
 def input_tokens_for(model: Model, width: int, height: int, fmt: str, frames: int, max_side: int | None,
-                     options: dict[str, str], prompt: str, system: str | None) -> int:
+                     options: dict[str, str], prompt: str, system: str | None, schema: str | None = None) -> int:
     """`pricing.estimated_input_tokens` for an image known only by its header."""
     sent = sent_size(width, height, fmt, frames, max_side or model.max_side)
-    return pricing.estimated_input_tokens(model, *sent, options, prompt, system)
+    return pricing.estimated_input_tokens(model, *sent, options, prompt, system, schema)
 
 
 def clip_tokens(model: Model, facts: VideoFacts, max_side: int, options: dict[str, str], prompt: str,
-                system: str | None, max_seconds: float) -> tuple[int, int]:
+                system: str | None, max_seconds: float, schema: str | None = None) -> tuple[int, int]:
     """(input tokens, of which audio) for a clip known by its container: what
     `prepare_video` will send this model, priced by the model's own rules."""
     mode = send_mode(model.accepts_video, model.max_images, options)
     count = frame_count(min(facts.duration_s, max_seconds) if mode.native else facts.duration_s, mode.frames)
     frames = [frame_size(facts, max_side)] * count
     return pricing.estimated_video_tokens(model, mode, min(facts.duration_s, max_seconds), facts.has_audio, frames,
-                                          sheet_size(facts, count, max_side), options, prompt, system)
+                                          sheet_size(facts, count, max_side), options, prompt, system, schema)
 
 
 def estimate(
@@ -104,8 +105,13 @@ def estimate(
     video_prompt: str | None = None,
     max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS,
     videos: bool = True,
+    schema: dict[str, Any] | None = None,
 ) -> list[ModelEstimate]:
+    """Predicted tokens and cost per model. A schema adds its own text to the
+    input and its keys and extra fields to each answer."""
     options = options or {}
+    schema_text = canonical(schema) if schema is not None else None
+    output_tokens += extra_output_tokens(schema_text)
     found = without_motion_parts([item for item in scan(roots, include, exclude, max_bytes=max_bytes,
                                                         videos=videos) if isinstance(item, Found)])
     headers = image_headers(found)
@@ -121,10 +127,10 @@ def estimate(
             audio = 0
             if isinstance(facts, VideoFacts):
                 tokens, audio = clip_tokens(model, facts, max_side or model.max_side, options,
-                                            video_prompt or prompt, system, max_video_seconds)
+                                            video_prompt or prompt, system, max_video_seconds, schema_text)
                 result.videos += 1
             else:
-                tokens = input_tokens_for(model, *facts, max_side, options, prompt, system)
+                tokens = input_tokens_for(model, *facts, max_side, options, prompt, system, schema_text)
             result.images += 1
             result.input_tokens += tokens
             result.output_tokens += output_tokens

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .gallery import GalleryItem, render, thumbnail_uri, thumbnails_beside
+from .schema import alt_text_of, keywords_of, title_of
 from .store import PHOTO_CAPTIONS_JOIN, Store
 from .text import for_csv, for_xml
 
@@ -26,7 +27,8 @@ def newest_captions(store: Store, model: str | None = None) -> Iterator[dict[str
     yield from store.query(
         f"""SELECT i.path, i.kind, i.duration_s, i.taken_at, i.width, i.height, i.camera_make, i.camera_model,
                    i.gps_lat, i.gps_lon,
-                   c.model, c.prompt, c.caption, c.input_tokens, c.output_tokens, c.cost_usd, c.created_at
+                   c.model, c.prompt, c.caption, c.input_tokens, c.output_tokens, c.cost_usd, c.created_at,
+                   c.title, c.keywords, c.alt_text, c.data_json
             FROM {PHOTO_CAPTIONS_JOIN}
             WHERE c.id = (
                 SELECT c2.id FROM captions c2 JOIN images j2 ON j2.id = c2.image_id
@@ -57,6 +59,7 @@ NS = {
     "tiff": "http://ns.adobe.com/tiff/1.0/",
     "exif": "http://ns.adobe.com/exif/1.0/",
     "xml": "http://www.w3.org/XML/1998/namespace",
+    "Iptc4xmpCore": "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/",
     # captioner's own field: the text it wrote, so a later export can tell its
     # words from a person's and never replace the latter.
     "captioner": "https://captioner.dev/ns/1.0/",
@@ -68,7 +71,32 @@ XPACKET_END = '\n<?xpacket end="w"?>\n'
 # the EXIF ImageDescription tag for tools that read that one.
 CAPTION_FIELDS = ("{{{}}}description".format(NS["dc"]), "{{{}}}ImageDescription".format(NS["tiff"]))
 WRITTEN_MARK = "{{{}}}writtenDescription".format(NS["captioner"])
-TABLE_FIELDS = ["path", "model", "caption", "input_tokens", "output_tokens", "cost_usd", "taken_at"]
+# Structured answers: the title, the alt text (IPTC's accessibility field) and
+# the keywords (dc:subject, what Lightroom, digiKam and Immich read as keywords).
+TITLE = "{{{}}}title".format(NS["dc"])
+ALT_TEXT = "{{{}}}AltTextAccessibility".format(NS["Iptc4xmpCore"])
+SUBJECT = "{{{}}}subject".format(NS["dc"])
+WRITTEN_TITLE = "{{{}}}writtenTitle".format(NS["captioner"])
+WRITTEN_ALT_TEXT = "{{{}}}writtenAltText".format(NS["captioner"])
+WRITTEN_KEYWORDS = "{{{}}}writtenKeywords".format(NS["captioner"])
+LI = "{{{}}}li".format(NS["rdf"])
+TABLE_FIELDS = ["path", "model", "caption", "input_tokens", "output_tokens", "cost_usd", "taken_at",
+                "title", "keywords", "alt_text"]
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What a sidecar says about one photo: the caption, and a structured answer's title, alt text and keywords."""
+
+    description: str
+    title: str | None = None
+    alt_text: str | None = None
+    keywords: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Metadata:
+        data = json.loads(row["data_json"]) if row.get("data_json") else None
+        return cls(row["caption"], title_of(data), alt_text_of(data), tuple(keywords_of(data)))
 
 
 class UserText(ValueError):
@@ -139,32 +167,82 @@ def _lang_alt(tag: str, text: str) -> ET.Element:
     return element
 
 
-def new_xmp(caption: str) -> str:
+def new_xmp(meta: Metadata) -> str:
     root = ET.Element("{{{}}}xmpmeta".format(NS["x"]))
     root.set("{{{}}}xmptk".format(NS["x"]), "captioner")
     rdf = ET.SubElement(root, "{{{}}}RDF".format(NS["rdf"]))
     description = ET.SubElement(rdf, "{{{}}}Description".format(NS["rdf"]))
     description.set("{{{}}}about".format(NS["rdf"]), "")
-    for tag in CAPTION_FIELDS:
-        description.append(_lang_alt(tag, caption))
-    description.set(WRITTEN_MARK, for_xml(caption))
+    _put_description(description, meta.description)
+    _put_structured(description, meta, title=meta.title, alt_text=meta.alt_text, keywords=list(meta.keywords))
     return _serialize(root, {})
 
 
+def _put_description(description: ET.Element, caption: str) -> None:
+    for tag in CAPTION_FIELDS:
+        description.append(_lang_alt(tag, caption))
+    description.set(WRITTEN_MARK, for_xml(caption))
+
+
+def _put_structured(description: ET.Element, meta: Metadata, *, title: str | None, alt_text: str | None,
+                    keywords: list[str]) -> None:
+    """The title, alt text and keyword bag to write, each marked as captioner's
+    (so a later export can tell them from a person's)."""
+    if title:
+        description.append(_lang_alt(TITLE, title))
+    if meta.title and title == meta.title:
+        description.set(WRITTEN_TITLE, for_xml(meta.title))
+    if alt_text:
+        description.append(_lang_alt(ALT_TEXT, alt_text))
+    if meta.alt_text and alt_text == meta.alt_text:
+        description.set(WRITTEN_ALT_TEXT, for_xml(meta.alt_text))
+    if keywords:
+        subject = ET.SubElement(description, SUBJECT)
+        bag = ET.SubElement(subject, "{{{}}}Bag".format(NS["rdf"]))
+        for keyword in keywords:
+            ET.SubElement(bag, LI).text = for_xml(keyword)
+    if meta.keywords:
+        description.set(WRITTEN_KEYWORDS, for_xml(json.dumps(list(meta.keywords), ensure_ascii=False)))
+
+
 def _texts(description: ET.Element, tag: str) -> list[str]:
-    """Every value a description element holds for `tag` (as an attribute or a language alternative)."""
+    """Every value a description element holds for `tag` (as an attribute, a language alternative or a bag)."""
     found = [description.attrib[tag]] if tag in description.attrib else []
     for element in description.findall(tag):
-        found += [(li.text or "") for li in element.iter("{{{}}}li".format(NS["rdf"]))]
+        found += [(li.text or "") for li in element.iter(LI)]
     return [text.strip() for text in found if text.strip()]
 
 
-def merge_xmp(existing: str, caption: str, overwrite: bool = False) -> str:
-    """Put the caption into an existing sidecar, keeping every other field and prefix.
+def _written_keywords(descriptions: list[ET.Element]) -> set[str]:
+    written: set[str] = set()
+    for d in descriptions:
+        try:
+            values = json.loads(d.attrib.get(WRITTEN_KEYWORDS, "[]"))
+        except ValueError:
+            values = []
+        written |= {str(v).casefold() for v in values if isinstance(v, str)} if isinstance(values, list) else set()
+    return written
+
+
+def _kept_field(descriptions: list[ET.Element], tag: str, mark: str, ours: str | None, overwrite: bool) -> str | None:
+    """What a title or alt-text field should say: a person's text is kept (unless
+    `overwrite`); captioner's own earlier text gives way to the new one."""
+    written = {d.attrib[mark].strip() for d in descriptions if d.attrib.get(mark, "").strip()}
+    theirs = [t for d in descriptions for t in _texts(d, tag) if t not in written]
+    if theirs and not overwrite:
+        return theirs[0]
+    return ours
+
+
+def merge_xmp(existing: str, meta: Metadata, overwrite: bool = False) -> str:
+    """Put the caption (and a structured answer's title, alt text and keywords)
+    into an existing sidecar, keeping every other field and prefix.
 
     A description captioner did not write (it differs from the text captioner
     recorded it wrote, or captioner never wrote one) is a person's words: it is
-    kept and `UserText` raised, unless `overwrite`."""
+    kept and `UserText` raised, unless `overwrite`. A person's title and alt
+    text are kept too; keywords are merged, a person's never dropped (the ones
+    captioner wrote before and no longer gives are replaced)."""
     prefixes = {prefix: uri for _, (prefix, uri) in ET.iterparse(io.StringIO(existing), events=("start-ns",))}
     root = ET.fromstring(existing.encode("utf-8"))
     rdf = root if root.tag == "{{{}}}RDF".format(NS["rdf"]) else root.find("{{{}}}RDF".format(NS["rdf"]))
@@ -178,17 +256,27 @@ def merge_xmp(existing: str, caption: str, overwrite: bool = False) -> str:
 
     if theirs and not overwrite:
         raise UserText("it holds a description captioner did not write (--overwrite replaces it)")
+    title = _kept_field(descriptions, TITLE, WRITTEN_TITLE, meta.title, overwrite)
+    alt_text = _kept_field(descriptions, ALT_TEXT, WRITTEN_ALT_TEXT, meta.alt_text, overwrite)
+    written_before = _written_keywords(descriptions)
+    keywords: dict[str, str] = {}
+    for d in descriptions:
+        for keyword in _texts(d, SUBJECT):
+            if keyword.casefold() not in written_before:
+                keywords.setdefault(keyword.casefold(), keyword)
+    for keyword in meta.keywords:
+        keywords.setdefault(keyword.casefold(), keyword)
     for description in descriptions:
-        for tag in CAPTION_FIELDS:
+        for tag in (*CAPTION_FIELDS, TITLE, ALT_TEXT, SUBJECT):
             for old in description.findall(tag):
                 description.remove(old)
             description.attrib.pop(tag, None)
-        description.attrib.pop(WRITTEN_MARK, None)
+        for mark in (WRITTEN_MARK, WRITTEN_TITLE, WRITTEN_ALT_TEXT, WRITTEN_KEYWORDS):
+            description.attrib.pop(mark, None)
     target = descriptions[0] if descriptions else ET.SubElement(rdf, "{{{}}}Description".format(NS["rdf"]))
     target.attrib.setdefault("{{{}}}about".format(NS["rdf"]), "")
-    for tag in CAPTION_FIELDS:
-        target.append(_lang_alt(tag, caption))
-    target.set(WRITTEN_MARK, for_xml(caption))
+    _put_description(target, meta.description)
+    _put_structured(target, meta, title=title, alt_text=alt_text, keywords=list(keywords.values()))
     return _serialize(root, prefixes)
 
 
@@ -206,7 +294,7 @@ def write_xmp(rows: list[dict[str, Any]], options: SidecarOptions) -> ExportRepo
         if os.path.exists(target):
             try:
                 with open(target, encoding="utf-8") as fh:
-                    text = merge_xmp(fh.read(), row["caption"], options.overwrite)
+                    text = merge_xmp(fh.read(), Metadata.of(row), options.overwrite)
             except UserText as exc:
                 report.skipped.append((row["path"], f"{os.path.basename(target)} kept: {exc}"))
                 continue
@@ -215,7 +303,7 @@ def write_xmp(rows: list[dict[str, Any]], options: SidecarOptions) -> ExportRepo
                                                     f" ({exc}); left untouched"))
                 continue
         else:
-            text = new_xmp(row["caption"])
+            text = new_xmp(Metadata.of(row))
         _write_sidecar(target, text, row["path"], report)
     return report
 
@@ -264,5 +352,9 @@ def table_text(rows: list[dict[str, Any]], fmt: str) -> str:
         writer.writerows({k: for_csv(v) for k, v in row.items()} for row in rows)
     else:
         for row in rows:
-            out.write(json.dumps({k: row[k] for k in TABLE_FIELDS}, ensure_ascii=False) + "\n")
+            record = {k: row.get(k) for k in TABLE_FIELDS}
+            data = json.loads(row["data_json"]) if row.get("data_json") else None
+            record["keywords"] = keywords_of(data) or None  # a list here, not the column's joined text
+            record["data"] = data
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
     return out.getvalue()

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import pricing
 from .control import RunControl
-from .models import FAILED, OK, CaptionResult, Model
+from .models import FAILED, FAILURES, OK, CaptionResult, Model
 from .recipe import Recipe
 from .report import RunSummary
 from .store import Store, WriteFailed
@@ -131,7 +131,7 @@ class Ledger:
             summary.ok += 1
             self.control.answered_ok()
             await self._record_held()
-        elif result.status == FAILED:
+        elif result.status in FAILURES:
             summary.failed += 1
             summary.failures.append((path, result.error or "failed"))
         else:

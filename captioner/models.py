@@ -24,6 +24,11 @@ OK = "ok"
 REFUSED = "refused"
 BLOCKED = "blocked"
 FAILED = "failed"
+# A structured answer (--schema) that is not JSON or not valid against the
+# schema: paid for, its raw text kept in `caption`, retried only with --retry-failed.
+MALFORMED = "malformed"
+# Outcomes that are failures (counted as failed, retried with --retry-failed).
+FAILURES = (FAILED, MALFORMED)
 
 # Output cap sent with every request unless `-o max_tokens N` says otherwise;
 # it also bounds the worst-case cost that `--max-cost` reserves.
@@ -52,11 +57,15 @@ class CaptionRequest:
     media: tuple[Any, ...] = ()
     # Which of several endpoints serves this request (an endpoint pool sets it).
     base_url: str | None = None
+    # A JSON schema the answer must follow (--schema), asked for through the
+    # provider's own structured-output mechanism; None for a plain caption.
+    schema: Mapping[str, Any] | None = None
 
     def __repr__(self) -> str:
         return (f"CaptionRequest(jpeg=<{len(self.jpeg):,} bytes>, width={self.width}, height={self.height}, "
                 f"prompt={self.prompt[:60]!r}, system={self.system!r}, options={dict(self.options)!r}, "
-                f"media={list(self.media)!r}, key={'<set>' if self.key else None})")
+                f"media={list(self.media)!r}, schema={'<set>' if self.schema else None}, "
+                f"key={'<set>' if self.key else None})")
 
 
 @dataclass
@@ -77,6 +86,8 @@ class CaptionResult:
     usage: dict[str, Any] | None = None
     status: str = OK
     error: str | None = None
+    # A structured answer's object (set by `captioner.schema.read_answer`).
+    data: dict[str, Any] | None = None
 
 
 class ProviderError(Exception):
@@ -121,6 +132,8 @@ class Model:
     batch_discount  multiplier on the price through the provider's batch API, if it has one
     accepted_options  the `-o` options this model takes (`captioner.options.Option`);
                     None (the default) accepts any key unchecked, as plugins did before
+    structured_output  answers in a JSON schema given as `CaptionRequest.schema`
+    schema_overhead_tokens  input tokens the provider adds to a request that has a schema
     """
 
     model_id: str = ""
@@ -135,6 +148,8 @@ class Model:
     accepted_options: Sequence[Option] | None = None
     accepts_video: bool = False  # takes a video clip itself (else frames are sent)
     max_images: int = 1  # images one request may carry
+    structured_output: bool = False
+    schema_overhead_tokens: int = 0
 
     def endpoints(self) -> list[str]:
         """Several base URLs serving this model (an endpoint pool), or [] for one fixed server."""

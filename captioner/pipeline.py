@@ -37,9 +37,10 @@ from .media import ImageError, PreparedImage, file_sha256, prepare_image, read_f
 from .models import CaptionRequest, Model
 from .plan import Plan, make_plan
 from .pool import EndpointPool
-from .recipe import Recipe, recipe_for
+from .recipe import Recipe, recipe_for, render_prompt
 from .report import RunSummary
 from .scan import DEFAULT_MAX_FILE_BYTES, Found
+from .schema import canonical
 from .send import AdaptiveLimit, Answer, NoAnswer, NotSent, RateCap, RetryPolicy, Sender
 from .store import BATCHED, CLAIMED, DONE, Store, WriteFailed
 from .video import DEFAULT_MAX_VIDEO_SECONDS, MediaPart, PreparedVideo, prepare_video, send_mode
@@ -83,6 +84,7 @@ class RunSettings:
     prompt: str = DEFAULT_PROMPT
     system: str | None = None
     options: dict[str, str] = field(default_factory=dict)
+    schema: dict[str, Any] | None = None  # a JSON schema the answer must follow (--schema)
     key: str | None = None
     max_side: int | None = None
     concurrency: int = 8
@@ -120,10 +122,12 @@ class Runner:
         self.settings = settings
         self.progress: Progress = progress or (lambda update: None)
         self.max_side = settings.max_side or model.max_side
-        self.recipe = recipe_for(model, settings.prompt, settings.system, settings.options, self.max_side)
+        schema = canonical(settings.schema) if settings.schema is not None else None
+        self.recipe = recipe_for(model, settings.prompt, settings.system, settings.options, self.max_side, schema)
         self.video_mode = send_mode(model.accepts_video, model.max_images, settings.options)
         video_options = {**settings.options, "max_video_seconds": f"{settings.max_video_seconds:g}"}
-        self.video_recipe = recipe_for(model, settings.video_prompt, settings.system, video_options, self.max_side)
+        self.video_recipe = recipe_for(model, settings.video_prompt, settings.system, video_options, self.max_side,
+                                       schema)
         self.user_prices = pricing.load_user_prices()
         self.control = RunControl(model.model_id)
         self.budget = Budget(settings.max_cost, model, settings.options, self.user_prices)
@@ -309,28 +313,30 @@ class Runner:
         """(In a worker thread.) The photo resized, or the clip turned into what this model is sent."""
         return prepare_for(self, found, data)
 
-    def request_for(self, prepared: PreparedImage, recipe: Recipe) -> tuple[int, CaptionRequest]:
+    def request_for(self, prepared: PreparedImage, recipe: Recipe, path: str) -> tuple[int, CaptionRequest]:
         """The request for one prepared photo or clip, and its estimated input tokens (what
-        the budget reserves). Synchronous runs, batch jobs and exported files all send this."""
+        the budget reserves). Synchronous runs, batch jobs and exported files all send this.
+        The prompt's {filename}, {folder}, {taken_at}, {camera} and {gps} are this file's."""
         s = self.settings
         estimated, media = self._estimate_and_media(prepared, recipe)
         return estimated, CaptionRequest(jpeg=prepared.jpeg, width=prepared.sent_width, height=prepared.sent_height,
-                                         prompt=recipe.prompt, system=recipe.system, options=s.options, key=s.key,
-                                         media=media)
+                                         prompt=render_prompt(recipe.prompt, path, prepared.exif),
+                                         system=recipe.system, options=s.options, key=s.key,
+                                         media=media, schema=s.schema)
 
     def _estimate_and_media(self, prepared: PreparedImage, recipe: Recipe) -> tuple[int, tuple[MediaPart, ...]]:
         """Estimated input tokens of the request, and the media parts it carries besides its image."""
         s = self.settings
         if not isinstance(prepared, PreparedVideo):
             return pricing.estimated_input_tokens(self.model, prepared.sent_width, prepared.sent_height,
-                                                  s.options, recipe.prompt, recipe.system), ()
+                                                  s.options, recipe.prompt, recipe.system, recipe.schema), ()
         if prepared.clipped:
             self.ledger.summary.clipped += 1
         video = next((p for p in prepared.parts if p.kind == "video"), None)
         estimated, _ = pricing.estimated_video_tokens(
             self.model, self.video_mode, video.duration_s or 0 if video else prepared.duration_s,
             bool(video and video.has_audio), [(p.width, p.height) for p in prepared.parts if p.kind == "image"],
-            (prepared.sent_width, prepared.sent_height), s.options, recipe.prompt, recipe.system)
+            (prepared.sent_width, prepared.sent_height), s.options, recipe.prompt, recipe.system, recipe.schema)
         return estimated, prepared.parts
 
     async def _caption_new(self, found: Found, data: bytes, sha: str, sender: Sender,
@@ -353,7 +359,7 @@ class Runner:
         if self.control.stopping:
             self.ledger.not_sent()
             return
-        estimated, request = self.request_for(prepared, recipe)
+        estimated, request = self.request_for(prepared, recipe, found.path)
         worst_case = self.budget.worst_case(estimated)
         reserved = 0.0
 

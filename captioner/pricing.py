@@ -55,19 +55,30 @@ def prompt_tokens(*texts: str | None) -> int:
 
 
 def estimated_input_tokens(model: Model, sent_width: int, sent_height: int, options: Mapping[str, Any],
-                           prompt: str, system: str | None) -> int:
+                           prompt: str, system: str | None, schema: str | None = None) -> int:
     """Input tokens one request would be billed: the model's image rule on the
     size sent, plus the text. The one definition of "estimated input", used by
     `estimate`, the budget, and stored with every caption."""
-    return model.image_tokens(sent_width, sent_height, options) + prompt_tokens(prompt, system)
+    return model.image_tokens(sent_width, sent_height, options) + text_tokens(model, prompt, system, schema)
+
+
+def schema_tokens(schema: str | None) -> int:
+    """Input tokens a schema adds to a request (providers put it in the prompt)."""
+    return math.ceil(len(schema) / 4) + 10 if schema else 0
+
+
+def text_tokens(model: Model, prompt: str, system: str | None, schema: str | None) -> int:
+    """The words of a request: prompt, system prompt, and a schema with what the
+    provider adds to carry it (Anthropic's tool-use prompt)."""
+    return prompt_tokens(prompt, system) + (schema_tokens(schema) + model.schema_overhead_tokens if schema else 0)
 
 
 def estimated_video_tokens(model: Model, mode: Any, seconds: float, has_audio: bool,
                            frame_sizes: list[tuple[int, int]], sheet: tuple[int, int], options: Mapping[str, Any],
-                           prompt: str, system: str | None) -> tuple[int, int]:
+                           prompt: str, system: str | None, schema: str | None = None) -> tuple[int, int]:
     """(input tokens, of which audio) for a clip: watched by the model itself
     (`mode.native`), sent as several frames, or as one contact sheet."""
-    text = prompt_tokens(prompt, system)
+    text = text_tokens(model, prompt, system, schema)
     if mode.native:
         tokens, audio = model.video_tokens(seconds, has_audio and mode.keep_audio, options)
         return tokens + text, audio

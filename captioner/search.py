@@ -18,10 +18,18 @@ class QueryError(Exception):
     """The user's search or SQL could not run; the message says why."""
 
 
-def search(store: Store, query: str, *, model: str | None = None, since: str | None = None,
-           until: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-    """Best matches first (bm25), one row per photo path and model."""
-    where, params = ["captions_fts MATCH :query", "c.status = 'ok'"], {"query": query, "limit": limit}
+def search(store: Store, query: str | None, *, model: str | None = None, since: str | None = None,
+           until: str | None = None, limit: int = 20, tags: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Best matches first (bm25), one row per photo path and model. The words are
+    looked for in captions, titles and keywords; each of `tags` must be one of
+    the caption's keywords (any case)."""
+    where, params = ["c.status = 'ok'"], {"query": query, "limit": limit}
+    if query is not None:
+        where.append("captions_fts MATCH :query")
+    for number, tag in enumerate(tags):
+        where.append(f"EXISTS (SELECT 1 FROM tags t WHERE t.caption_id = c.id AND t.tag = :tag{number} "
+                     "COLLATE NOCASE)")
+        params[f"tag{number}"] = tag.strip()
     if model:
         where.append("c.model = :model")
         params["model"] = model
@@ -32,14 +40,18 @@ def search(store: Store, query: str, *, model: str | None = None, since: str | N
         # A bare date means up to the end of that day.
         where.append("i.taken_at < CASE WHEN length(:until) = 10 THEN date(:until, '+1 day') ELSE :until END")
         params["until"] = until
+    if query is None:  # keywords only: no ranking, newest photos first
+        matched = "c.caption AS snippet, 0.0 AS score FROM " + PHOTO_CAPTIONS_JOIN
+        order = "i.taken_at DESC, i.path"
+    else:
+        matched = (f"snippet(captions_fts, -1, '{MARK_START}', '{MARK_END}', '…', 16) AS snippet, "
+                   f"bm25(captions_fts) AS score FROM {PHOTO_CAPTIONS_JOIN} "
+                   "JOIN captions_fts ON captions_fts.rowid = c.id")
+        order = "score, i.path"
     sql = f"""
-        SELECT i.path, c.model, i.taken_at, c.caption,
-               snippet(captions_fts, 0, '{MARK_START}', '{MARK_END}', '…', 16) AS snippet,
-               bm25(captions_fts) AS score
-        FROM {PHOTO_CAPTIONS_JOIN}
-        JOIN captions_fts ON captions_fts.rowid = c.id
+        SELECT i.path, c.model, i.taken_at, c.caption, c.title, c.keywords, {matched}
         WHERE {' AND '.join(where)}
-        ORDER BY score, i.path
+        ORDER BY {order}
         LIMIT :limit
     """
     try:
@@ -113,3 +125,17 @@ def run_sql(store: Store, sql: str) -> tuple[list[str], Iterator[tuple[Any, ...]
     finally:
         conn.set_authorizer(None)
     return columns, iter(cursor)
+
+
+def tag_counts(store: Store, model: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Each keyword with how many photos (distinct contents) carry it in an ok caption, most used first."""
+    where = "WHERE c.status = 'ok'" + (" AND c.model = :model" if model else "")
+    sql = f"""
+        SELECT min(t.tag) AS tag, count(DISTINCT i.sha256) AS photos
+        FROM tags t JOIN captions c ON c.id = t.caption_id JOIN images i ON i.id = t.image_id
+        {where}
+        GROUP BY t.tag COLLATE NOCASE
+        ORDER BY photos DESC, tag COLLATE NOCASE
+        {"LIMIT :limit" if limit else ""}
+    """
+    return list(store.query(sql, {"model": model, "limit": limit}))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import random
 import time
@@ -156,6 +157,7 @@ class Sender:
         maybe_billed = False
         attempt = 0
         max_output = self.model.max_output_tokens(request.options)
+        schema = json.dumps(request.schema) if request.schema is not None else None
         for attempt in range(policy.retries + 1):
             if attempt:
                 if self.control.stopping:
@@ -172,7 +174,7 @@ class Sender:
                 sent = dataclasses.replace(request, base_url=url) if url else request
                 try:
                     result = await asyncio.wait_for(self.model.caption(sent, self.client), policy.timeout)
-                    answer = Answer(checked(result, max_output), int((time.monotonic() - started) * 1000))
+                    answer = Answer(checked(result, max_output, schema), int((time.monotonic() - started) * 1000))
                     self.limit.succeeded(url, answer.duration_ms)
                     return answer
                 except ProviderError as exc:

@@ -25,8 +25,9 @@ from typing import Any
 import sqlite_utils
 
 from .media import PreparedImage
-from .models import CaptionResult
+from .models import FAILURES, CaptionResult
 from .recipe import Recipe
+from .schema import alt_text_of, keywords_of, title_of
 
 BUSY_TIMEOUT_MS = 60_000
 # A claim older than this is stale whatever its pid says (a request with every
@@ -80,7 +81,8 @@ PHOTO_CAPTIONS_VIEW = """CREATE VIEW photo_captions AS
            i.gps_lat, i.gps_lon, i.width, i.height,
            c.model, c.prompt, c.caption, c.status, c.error,
            c.input_tokens, c.output_tokens, c.cost_usd, c.created_at AS captioned_at,
-           c.id AS caption_id, i.id AS image_id, c.system, c.recipe, i.kind, i.duration_s
+           c.id AS caption_id, i.id AS image_id, c.system, c.recipe, i.kind, i.duration_s,
+           c.title, c.keywords, c.alt_text, c.data_json
     FROM """ + PHOTO_CAPTIONS_JOIN + """
     WHERE NOT (c.status = 'failed' AND EXISTS (
         SELECT 1 FROM captions later JOIN images k ON k.id = later.image_id
@@ -219,7 +221,7 @@ MIGRATIONS: list[tuple[str, list[str | Callable[[sqlite3.Connection], None]]]] =
             "ALTER TABLE images ADD COLUMN kind TEXT NOT NULL DEFAULT 'image'",
             "ALTER TABLE images ADD COLUMN duration_s REAL",
             "DROP VIEW photo_captions",
-            PHOTO_CAPTIONS_VIEW,
+            PHOTO_CAPTIONS_VIEW.replace(",\n           c.title, c.keywords, c.alt_text, c.data_json", ""),
         ],
     ),
     (
@@ -293,6 +295,48 @@ MIGRATIONS: list[tuple[str, list[str | Callable[[sqlite3.Connection], None]]]] =
         "batch_items by custom id, for importing result files",
         ["CREATE INDEX idx_batch_items_custom_id ON batch_items (custom_id)"],
     ),
+    (
+        "structured answers: captions.schema_json, data_json, title, keywords, alt_text; tags; "
+        "full-text search over titles and keywords too",
+        [
+            "ALTER TABLE captions ADD COLUMN schema_json TEXT",
+            "ALTER TABLE captions ADD COLUMN data_json TEXT",
+            "ALTER TABLE captions ADD COLUMN title TEXT",
+            "ALTER TABLE captions ADD COLUMN keywords TEXT",
+            "ALTER TABLE captions ADD COLUMN alt_text TEXT",
+            """CREATE TABLE tags (
+                id INTEGER PRIMARY KEY,
+                caption_id INTEGER NOT NULL REFERENCES captions(id),
+                image_id INTEGER NOT NULL REFERENCES images(id),
+                tag TEXT NOT NULL
+            )""",
+            "CREATE INDEX idx_tags_tag ON tags (tag COLLATE NOCASE)",
+            "CREATE INDEX idx_tags_caption ON tags (caption_id)",
+            "DROP TRIGGER captions_ai",
+            "DROP TRIGGER captions_ad",
+            "DROP TRIGGER captions_au",
+            "DROP TABLE captions_fts",
+            """CREATE VIRTUAL TABLE captions_fts USING FTS5 (caption, title, keywords, tokenize='porter',
+               content="captions")""",
+            "INSERT INTO captions_fts (captions_fts) VALUES ('rebuild')",
+            """CREATE TRIGGER captions_ai AFTER INSERT ON captions BEGIN
+                INSERT INTO captions_fts (rowid, caption, title, keywords)
+                VALUES (new.rowid, new.caption, new.title, new.keywords);
+            END""",
+            """CREATE TRIGGER captions_ad AFTER DELETE ON captions BEGIN
+                INSERT INTO captions_fts (captions_fts, rowid, caption, title, keywords)
+                VALUES ('delete', old.rowid, old.caption, old.title, old.keywords);
+            END""",
+            """CREATE TRIGGER captions_au AFTER UPDATE ON captions BEGIN
+                INSERT INTO captions_fts (captions_fts, rowid, caption, title, keywords)
+                VALUES ('delete', old.rowid, old.caption, old.title, old.keywords);
+                INSERT INTO captions_fts (rowid, caption, title, keywords)
+                VALUES (new.rowid, new.caption, new.title, new.keywords);
+            END""",
+            "DROP VIEW photo_captions",
+            PHOTO_CAPTIONS_VIEW,
+        ],
+    ),
 ]
 
 # Jobs that may still produce results (or whose create call's answer was lost).
@@ -304,7 +348,7 @@ CLAIMED, DONE, BUSY, BATCHED = "claimed", "done", "busy", "batched"
 
 def done_statuses(retry_failed: bool) -> tuple[str, ...]:
     """Caption statuses that count as done: failed ones too, unless they are to be retried."""
-    return FINAL_STATUSES if retry_failed else (*FINAL_STATUSES, "failed")
+    return FINAL_STATUSES if retry_failed else (*FINAL_STATUSES, *FAILURES)
 
 
 @dataclass
@@ -555,50 +599,40 @@ class Store:
         options_json: str | None = None,
         max_side: int | None = None,
         recipe: str | None = None,
+        schema_json: str | None = None,
         cost_usd: float | None = None,
         price_in_per_m: float | None = None,
         price_out_per_m: float | None = None,
         duration_ms: int | None = None,
         estimated_input_tokens: int | None = None,
     ) -> int:
-        row = {
-            "image_id": image_id,
-            "run_id": run_id,
-            "model": model,
-            "prompt": prompt,
-            "caption": result.text,
-            "status": result.status,
-            "error": result.error,
-            "input_tokens": result.input_tokens,
-            "output_tokens": result.output_tokens,
-            "reasoning_tokens": result.reasoning_tokens,
-            "cost_usd": cost_usd,
-            "price_in_per_m": price_in_per_m,
-            "price_out_per_m": price_out_per_m,
-            "duration_ms": duration_ms,
-            "created_at": utcnow(),
-            "usage_json": json.dumps(result.usage) if result.usage is not None else None,
-            "estimated_input_tokens": estimated_input_tokens,
-            "system": system,
-            "options_json": options_json,
-            "max_side": max_side,
-            "recipe": recipe,
+        fields = {
+            "image_id": image_id, "run_id": run_id, "model": model, "prompt": prompt,
+            "cost_usd": cost_usd, "price_in_per_m": price_in_per_m, "price_out_per_m": price_out_per_m,
+            "duration_ms": duration_ms, "estimated_input_tokens": estimated_input_tokens,
+            "system": system, "options_json": options_json, "max_side": max_side, "recipe": recipe,
+            "schema_json": schema_json,
         }
         with self._immediate() as conn:
-            return self._insert_caption_row(conn, row)
+            return self._insert_caption(conn, result=result, **fields)
 
     def _insert_caption(self, conn: sqlite3.Connection, *, result: CaptionResult, **fields: Any) -> int:
+        """One caption row (and its keywords as `tags` rows), inside the caller's transaction."""
+        keywords = keywords_of(result.data)
         row = {**fields, "caption": result.text, "status": result.status, "error": result.error,
                "input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
                "reasoning_tokens": result.reasoning_tokens, "created_at": utcnow(),
-               "usage_json": json.dumps(result.usage) if result.usage is not None else None}
-        return self._insert_caption_row(conn, row)
-
-    @staticmethod
-    def _insert_caption_row(conn: sqlite3.Connection, row: dict[str, Any]) -> int:
+               "usage_json": json.dumps(result.usage) if result.usage is not None else None,
+               "data_json": json.dumps(result.data, ensure_ascii=False) if result.data is not None else None,
+               "title": title_of(result.data), "alt_text": alt_text_of(result.data),
+               "keywords": ", ".join(keywords) or None}
         columns = ", ".join(row)
         marks = ", ".join("?" * len(row))
-        return conn.execute(f"INSERT INTO captions ({columns}) VALUES ({marks})", tuple(row.values())).lastrowid or 0
+        caption_id = conn.execute(f"INSERT INTO captions ({columns}) VALUES ({marks})",
+                                  tuple(row.values())).lastrowid or 0
+        conn.executemany("INSERT INTO tags (caption_id, image_id, tag) VALUES (?, ?, ?)",
+                         [(caption_id, row["image_id"], tag) for tag in keywords])
+        return caption_id
 
     def start_run(self, model: str, prompt: str, options: dict[str, Any]) -> int:
         self._close_abandoned_runs()
@@ -627,7 +661,7 @@ class Store:
         row = self.conn.execute(
             f"""SELECT count(*),
                       coalesce(sum(status = 'ok'), 0),
-                      coalesce(sum(status = 'failed'), 0),
+                      coalesce(sum(status IN ('failed', 'malformed')), 0),
                       coalesce(sum(status IN ('refused', 'blocked')), 0),
                       coalesce(sum(input_tokens), 0),
                       coalesce(sum(output_tokens), 0),

@@ -196,9 +196,10 @@ def test_csv_and_jsonl_round_trip(captioned, db, tmp_path):
     run("export", "--db", db, "--format", "jsonl", "--out", tmp_path / "c.jsonl")
     from_csv = list(csv.DictReader((tmp_path / "c.csv").read_text(encoding="utf-8").splitlines()))
     from_jsonl = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text(encoding="utf-8").splitlines()]
-    stored = rows(db, "SELECT i.path, c.model, c.caption, c.input_tokens, c.output_tokens, c.cost_usd, i.taken_at "
+    stored = rows(db, "SELECT i.path, c.model, c.caption, c.input_tokens, c.output_tokens, c.cost_usd, i.taken_at, "
+                      "c.title, c.keywords, c.alt_text, c.data_json AS data "
                       "FROM captions c JOIN images i ON i.id = c.image_id ORDER BY i.path")
-    assert from_jsonl == stored
+    assert from_jsonl == stored  # plain captions: no title, keywords, alt text or data
     assert [r["caption"] for r in from_csv] == [r["caption"] for r in stored]
     assert [float(r["cost_usd"]) for r in from_csv] == [r["cost_usd"] for r in stored]
 

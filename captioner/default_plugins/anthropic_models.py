@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -40,6 +41,8 @@ API_VERSION = "2023-06-01"
 # (1.2 megapixels), then bills width * height / 750 tokens.
 MAX_LONG_SIDE = 1568
 MAX_PIXELS = 1_200_000
+# The tool a structured answer (--schema) is asked for through.
+TOOL_NAME = "record_caption"
 
 LISTED = ["claude-haiku-4-5", "claude-sonnet-4-5", "claude-haiku-5-5", "claude-sonnet-5-5"]
 
@@ -70,8 +73,10 @@ def parse_message(body: Any) -> CaptionResult:
     cache_read = usage.get("cache_read_input_tokens")
     blocks = [as_dict(b) for b in as_list(message.get("content"))]
     texts = [b["text"] for b in blocks if b.get("type") == "text" and isinstance(b.get("text"), str)]
+    # A structured answer comes as the input of the one tool the request offered.
+    tool_inputs = [b.get("input") for b in blocks if b.get("type") == "tool_use" and b.get("name") == TOOL_NAME]
     result = CaptionResult(
-        text="".join(texts).strip() or None,
+        text=json.dumps(tool_inputs[0], ensure_ascii=False) if tool_inputs else "".join(texts).strip() or None,
         # Billed input is the uncached input plus what was written to and read from the cache.
         input_tokens=add_tokens(usage.get("input_tokens"), cache_write, cache_read),
         output_tokens=usage.get("output_tokens"),
@@ -93,20 +98,32 @@ def fold_stream(events: list[Any]) -> dict[str, Any]:
     usage from message_start updated by the final message_delta."""
     message: dict[str, Any] = {"content": [], "usage": {}, "stop_reason": None}
     text: list[str] = []
+    tool_json: list[str] = []
+    tool_name = None
     for event in events:
         kind = event.get("type")
         if kind == "message_start":
             start = event.get("message") or {}
             message["usage"] = dict(usage_dict(start, "usage"))
             message["model"] = start.get("model")
+        elif kind == "content_block_start" and as_dict(event.get("content_block")).get("type") == "tool_use":
+            tool_name = as_dict(event.get("content_block")).get("name")
         elif kind == "content_block_delta" and event.get("delta", {}).get("type") == "text_delta":
             text.append(event["delta"].get("text", ""))
+        elif kind == "content_block_delta" and event.get("delta", {}).get("type") == "input_json_delta":
+            tool_json.append(event["delta"].get("partial_json", ""))
         elif kind == "message_delta":
             message["stop_reason"] = event.get("delta", {}).get("stop_reason")
             message["usage"].update({k: v for k, v in usage_dict(event, "usage").items() if v is not None})
         elif kind == "error":
             raise ProviderError(f"stream error: {error_message(event, 'unknown')}", retryable=True)
     message["content"] = [{"type": "text", "text": "".join(text)}]
+    if tool_name is not None:
+        try:
+            tool_input = json.loads("".join(tool_json) or "{}")
+        except ValueError:
+            tool_input = "".join(tool_json)  # kept as it came, recorded malformed
+        message["content"].append({"type": "tool_use", "name": tool_name, "input": tool_input})
     return message
 
 
@@ -117,6 +134,9 @@ class ClaudeModel(HTTPModel):
     max_images = 20
     key_env = ("ANTHROPIC_API_KEY",)
     accepted_options = OPTIONS
+    structured_output = True
+    # The tool-use system prompt Anthropic adds when a tool is forced (Claude 4 models).
+    schema_overhead_tokens = 313
     map_error = staticmethod(map_error)
     fold_stream = staticmethod(fold_stream)
     parse_body = staticmethod(parse_message)
@@ -160,6 +180,12 @@ class ClaudeModel(HTTPModel):
         if request.system:
             body["system"] = request.system
         body.update({name: options[name] for name in ("temperature", "top_p", "top_k") if name in options})
+        if request.schema is not None:
+            # Structured output through tool use: one tool whose input is the
+            # schema, and the model made to call it.
+            body["tools"] = [{"name": TOOL_NAME, "description": "Record what the image shows.",
+                              "input_schema": dict(request.schema)}]
+            body["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
         return body
 
 

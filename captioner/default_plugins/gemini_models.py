@@ -187,6 +187,7 @@ class GeminiModel(HTTPModel):
     key_name = "gemini"
     key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
     accepted_options = OPTIONS
+    structured_output = True
     accepts_video = True
     max_images = 16
     map_error = staticmethod(map_error)
@@ -249,6 +250,9 @@ class GeminiModel(HTTPModel):
             generation["mediaResolution"] = "MEDIA_RESOLUTION_" + str(options["media_resolution"]).upper()
         elif any(part.kind == "video" for part in request.media):
             generation["mediaResolution"] = "MEDIA_RESOLUTION_LOW"  # a clip's frames: low detail is plenty
+        if request.schema is not None:
+            generation["responseMimeType"] = "application/json"
+            generation["responseSchema"] = response_schema(request.schema)
         body: dict[str, Any] = {
             "contents": [{"role": "user", "parts": [*media_parts(request), {"text": request.prompt}]}],
             "generationConfig": generation,
@@ -256,6 +260,32 @@ class GeminiModel(HTTPModel):
         if request.system:
             body["systemInstruction"] = {"parts": [{"text": request.system}]}
         return body
+
+
+# The JSON-schema keywords Gemini's `responseSchema` (an OpenAPI 3.0 subset) takes.
+SCHEMA_KEYWORDS = ("type", "description", "enum", "format", "nullable", "items", "properties", "required",
+                   "minItems", "maxItems", "minimum", "maximum")
+
+
+def response_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON schema as Gemini's `responseSchema`: upper-case types, the keywords
+    it knows (others, such as additionalProperties, it refuses), and the
+    properties in the order given, so a title comes before its description."""
+    converted: dict[str, Any] = {}
+    for key in SCHEMA_KEYWORDS:
+        if key not in schema:
+            continue
+        value = schema[key]
+        if key == "type" and isinstance(value, str):
+            value = value.upper()
+        elif key == "items" and isinstance(value, Mapping):
+            value = response_schema(value)
+        elif key == "properties" and isinstance(value, Mapping):
+            value = {name: response_schema(field) for name, field in value.items() if isinstance(field, Mapping)}
+        converted[key] = value
+    if isinstance(converted.get("properties"), dict):
+        converted["propertyOrdering"] = list(converted["properties"])
+    return converted
 
 
 def media_parts(request: CaptionRequest) -> list[dict[str, Any]]:

@@ -91,6 +91,7 @@ class OllamaModel(HTTPModel):
     needs_key = False
     key_env = ()
     accepted_options = OPTIONS
+    structured_output = True
     parse_body = staticmethod(parse_response)
 
     def __init__(self, name: str, listed: bool = True) -> None:
@@ -120,6 +121,8 @@ class OllamaModel(HTTPModel):
         body = {"model": self.name, "messages": messages, "stream": False, "options": model_options}
         if "keep_alive" in options:
             body["keep_alive"] = options["keep_alive"]
+        if request.schema is not None:
+            body["format"] = dict(request.schema)  # Ollama's structured outputs: the schema itself
         return body
 
     def read_body(self, response: httpx.Response) -> Any:

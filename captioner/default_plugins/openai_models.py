@@ -35,6 +35,7 @@ from captioner.models import (
     usage_dict,
 )
 from captioner.options import MAX_TOKENS, SEED, TEMPERATURE, TOP_K, TOP_P, VIDEO_FRAMES, Option
+from captioner.schema import strict_compatible
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -184,6 +185,7 @@ class OpenAIChatModel(HTTPModel):
     key_env = ("OPENAI_API_KEY",)
     accepted_options: Sequence[Option] | None = OPTIONS
     batch_discount: float | None = 0.5  # the provider's Batch API halves both prices
+    structured_output = True
     map_error = staticmethod(map_error)
     fold_stream = staticmethod(fold_stream)
     parse_body = staticmethod(parse_response)
@@ -244,7 +246,16 @@ class OpenAIChatModel(HTTPModel):
             # Reasoning adds cost and nothing to a caption; gpt-5 allows turning most of it off.
             body["reasoning_effort"] = "minimal"
         body.update({name: options[name] for name in PASSED_AS_IS if name in options})
+        if request.schema is not None:
+            body["response_format"] = response_format(request.schema)
         return body
+
+
+def response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Structured Outputs: strict when the schema allows it (every object closed,
+    every property required), which guarantees the answer follows it."""
+    return {"type": "json_schema",
+            "json_schema": {"name": "caption", "strict": strict_compatible(dict(schema)), "schema": dict(schema)}}
 
 
 @hookimpl
