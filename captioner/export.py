@@ -174,7 +174,8 @@ def new_xmp(meta: Metadata) -> str:
     description = ET.SubElement(rdf, "{{{}}}Description".format(NS["rdf"]))
     description.set("{{{}}}about".format(NS["rdf"]), "")
     _put_description(description, meta.description)
-    _put_structured(description, meta, title=meta.title, alt_text=meta.alt_text, keywords=list(meta.keywords))
+    _put_structured(description, meta, title=meta.title, alt_text=meta.alt_text, keywords=list(meta.keywords),
+                    ours=list(meta.keywords))
     return _serialize(root, {})
 
 
@@ -185,9 +186,10 @@ def _put_description(description: ET.Element, caption: str) -> None:
 
 
 def _put_structured(description: ET.Element, meta: Metadata, *, title: str | None, alt_text: str | None,
-                    keywords: list[str]) -> None:
-    """The title, alt text and keyword bag to write, each marked as captioner's
-    (so a later export can tell them from a person's)."""
+                    keywords: list[str], ours: list[str]) -> None:
+    """The title, alt text and keyword bag to write, captioner's own marked as
+    such (so a later export can tell them from a person's); `ours` are the
+    keywords captioner added, not those a person had already."""
     if title:
         description.append(_lang_alt(TITLE, title))
     if meta.title and title == meta.title:
@@ -201,8 +203,8 @@ def _put_structured(description: ET.Element, meta: Metadata, *, title: str | Non
         bag = ET.SubElement(subject, "{{{}}}Bag".format(NS["rdf"]))
         for keyword in keywords:
             ET.SubElement(bag, LI).text = for_xml(keyword)
-    if meta.keywords:
-        description.set(WRITTEN_KEYWORDS, for_xml(json.dumps(list(meta.keywords), ensure_ascii=False)))
+    if ours:
+        description.set(WRITTEN_KEYWORDS, for_xml(json.dumps(ours, ensure_ascii=False)))
 
 
 def _texts(description: ET.Element, tag: str) -> list[str]:
@@ -264,6 +266,7 @@ def merge_xmp(existing: str, meta: Metadata, overwrite: bool = False) -> str:
         for keyword in _texts(d, SUBJECT):
             if keyword.casefold() not in written_before:
                 keywords.setdefault(keyword.casefold(), keyword)
+    persons = set(keywords)
     for keyword in meta.keywords:
         keywords.setdefault(keyword.casefold(), keyword)
     for description in descriptions:
@@ -276,7 +279,8 @@ def merge_xmp(existing: str, meta: Metadata, overwrite: bool = False) -> str:
     target = descriptions[0] if descriptions else ET.SubElement(rdf, "{{{}}}Description".format(NS["rdf"]))
     target.attrib.setdefault("{{{}}}about".format(NS["rdf"]), "")
     _put_description(target, meta.description)
-    _put_structured(target, meta, title=title, alt_text=alt_text, keywords=list(keywords.values()))
+    _put_structured(target, meta, title=title, alt_text=alt_text, keywords=list(keywords.values()),
+                    ours=[k for k in meta.keywords if k.casefold() not in persons])
     return _serialize(root, prefixes)
 
 

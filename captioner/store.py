@@ -84,10 +84,15 @@ PHOTO_CAPTIONS_VIEW = """CREATE VIEW photo_captions AS
            c.id AS caption_id, i.id AS image_id, c.system, c.recipe, i.kind, i.duration_s,
            c.title, c.keywords, c.alt_text, c.data_json
     FROM """ + PHOTO_CAPTIONS_JOIN + """
-    WHERE NOT (c.status = 'failed' AND EXISTS (
+    WHERE NOT (c.status IN ('failed', 'malformed') AND EXISTS (
         SELECT 1 FROM captions later JOIN images k ON k.id = later.image_id
         WHERE k.sha256 = j.sha256 AND later.recipe = c.recipe AND later.id > c.id
-          AND later.status != 'failed'))"""
+          AND later.status NOT IN ('failed', 'malformed')))"""
+
+# The view as migrations 6 and 7 made it (before structured answers and the malformed status).
+PHOTO_CAPTIONS_VIEW_V7 = (PHOTO_CAPTIONS_VIEW.replace(",\n           c.title, c.keywords, c.alt_text, c.data_json", "")
+                          .replace("c.status IN ('failed', 'malformed')", "c.status = 'failed'")
+                          .replace("later.status NOT IN ('failed', 'malformed')", "later.status != 'failed'"))
 
 # Each migration is a list of SQL statements (or Python steps taking the
 # connection), run in one transaction.
@@ -213,7 +218,7 @@ MIGRATIONS: list[tuple[str, list[str | Callable[[sqlite3.Connection], None]]]] =
     ),
     (
         "photo_captions hides failed rows a later answer replaced; shows system and recipe",
-        ["DROP VIEW photo_captions", PHOTO_CAPTIONS_VIEW.replace(", i.kind, i.duration_s", "")],
+        ["DROP VIEW photo_captions", PHOTO_CAPTIONS_VIEW_V7.replace(", i.kind, i.duration_s", "")],
     ),
     (
         "videos: images.kind ('image' or 'video') and images.duration_s; photo_captions carries both",
@@ -221,7 +226,7 @@ MIGRATIONS: list[tuple[str, list[str | Callable[[sqlite3.Connection], None]]]] =
             "ALTER TABLE images ADD COLUMN kind TEXT NOT NULL DEFAULT 'image'",
             "ALTER TABLE images ADD COLUMN duration_s REAL",
             "DROP VIEW photo_captions",
-            PHOTO_CAPTIONS_VIEW.replace(",\n           c.title, c.keywords, c.alt_text, c.data_json", ""),
+            PHOTO_CAPTIONS_VIEW_V7,
         ],
     ),
     (

@@ -29,7 +29,7 @@ BUILT_IN: dict[str, dict[str, Any]] = {
         "prompt": "List keywords a person would search their photo library with to find this photo: "
                   "subjects, setting, activity, season, colours, mood. Lower case, singular nouns where "
                   "possible, no duplicates.",
-        "schema": "keywords list[str]: 5 to 15 search keywords, lower case",
+        "schema": "keywords list[str]: 5 to 15 search keywords in lower case",
     },
     "photo-metadata": {
         "prompt": "Describe this photo for a photo library. The file is {filename} in the folder {folder}, "
@@ -38,7 +38,7 @@ BUILT_IN: dict[str, dict[str, Any]] = {
         "schema": "\n".join([
             "title: a short title, at most eight words, no full stop",
             "description: one or two factual sentences: the main subject, the setting, and any legible text",
-            "keywords list[str]: 5 to 15 search keywords, lower case",
+            "keywords list[str]: 5 to 15 search keywords in lower case",
             "alt_text: alt text for someone who cannot see it, at most 125 characters",
         ]),
     },

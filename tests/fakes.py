@@ -35,6 +35,29 @@ def image_label(jpeg: bytes) -> str:
     return f"photo {hashlib.sha256(jpeg).hexdigest()[:16]} {w}x{h}"
 
 
+def structured_object(schema: dict, label: str) -> dict:
+    """What a fake answers to a schema: every property filled in, keywords that
+    always include "beach" (so a test can search for it) and one from the image."""
+    answer: dict[str, Any] = {}
+    for name, spec in (schema.get("properties") or {}).items():
+        kind = str(spec.get("type", "string")).lower()
+        if kind == "array":
+            answer[name] = ["beach", "Sunset", "photo-" + label.split()[1][:6]]
+        elif kind == "integer":
+            answer[name] = 3
+        elif kind == "number":
+            answer[name] = 0.5
+        elif kind == "boolean":
+            answer[name] = True
+        else:
+            answer[name] = f"{name} of {label}"
+    return answer
+
+
+def structured_text(schema: dict, label: str) -> str:
+    return json.dumps(structured_object(schema, label))
+
+
 def openai_tile_tokens(w: int, h: int, base: int = 2833, tile: int = 5667) -> int:
     scale = min(1.0, 2048 / max(w, h))
     w, h = w * scale, h * scale
@@ -358,6 +381,8 @@ class FakeOpenAI(FakeServer):
             for p in (m["content"] if isinstance(m["content"], list) else [{"text": m["content"]}])
         )
         tokens = len(text.split()) + 8
+        if body.get("response_format"):
+            tokens += text_tokens(json.dumps(body["response_format"]))
         for jpeg in images:
             with Image.open(io.BytesIO(jpeg)) as im:
                 tokens += openai_image_tokens(body.get("model", ""), *im.size)
@@ -376,6 +401,16 @@ class FakeOpenAI(FakeServer):
             return 404, {"error": {"message": "unknown path"}}, {}
         if not images:
             return 400, {"error": {"message": "no image", "type": "invalid_request_error"}}, {}
+        content = image_label(images[0])
+        output_tokens = self.output_tokens
+        response_format = body.get("response_format")
+        if response_format is not None:
+            spec = response_format.get("json_schema") or {}
+            if response_format.get("type") != "json_schema" or not isinstance(spec.get("schema"), dict) \
+                    or not spec.get("name"):
+                return 400, {"error": {"message": "Invalid response_format", "type": "invalid_request_error"}}, {}
+            content = structured_text(spec["schema"], content)
+            output_tokens += text_tokens(content)
         reply = {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
@@ -383,13 +418,13 @@ class FakeOpenAI(FakeServer):
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": image_label(images[0]), "refusal": None},
+                    "message": {"role": "assistant", "content": content, "refusal": None},
                     "finish_reason": "stop",
                 }
             ],
             "usage": {
                 "prompt_tokens": self.prompt_tokens(body, images),
-                "completion_tokens": self.output_tokens + self.reasoning_tokens,
+                "completion_tokens": output_tokens + self.reasoning_tokens,
                 "total_tokens": 0,
                 "prompt_tokens_details": {"cached_tokens": 0},
                 "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
@@ -532,14 +567,28 @@ class FakeAnthropic(FakeServer, BatchJobs):
             w, h = image_size(jpeg)
             tokens += math.ceil(w * h / 750)  # the images we send are within Anthropic's size limits
         text = " ".join(b.get("text", "") for m in body["messages"] for b in m["content"] if b.get("type") == "text")
+        label = image_label(images[0]) if images else "no image"
+        content: list[dict] = [{"type": "text", "text": self.respond(text, images) if self.respond else label}]
+        stop, output_tokens = "end_turn", self.output_tokens
+        if body.get("tools"):
+            tool = body["tools"][0]
+            choice = body.get("tool_choice") or {}
+            if choice.get("type") != "tool" or choice.get("name") != tool.get("name") or \
+                    not isinstance(tool.get("input_schema"), dict):
+                return 400, {"type": "error", "error": {"type": "invalid_request_error",
+                                                        "message": "tool_choice names no tool"}}, {}
+            answer = structured_object(tool["input_schema"], label)
+            content = [{"type": "tool_use", "id": "toolu_fake", "name": tool["name"], "input": answer}]
+            stop = "tool_use"
+            tokens += 313 + text_tokens(json.dumps(body["tools"]))  # the tool-use system prompt and the tool
+            output_tokens += text_tokens(json.dumps(answer))
         reply = {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"],
-            "content": [{"type": "text", "text": self.respond(text, images) if self.respond
-                         else image_label(images[0]) if images else "no image"}],
-            "stop_reason": "end_turn", "stop_sequence": None,
+            "content": content,
+            "stop_reason": stop, "stop_sequence": None,
             "usage": {"input_tokens": tokens + text_tokens(text) + text_tokens(body.get("system", "")),
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-                      "output_tokens": self.output_tokens},
+                      "output_tokens": output_tokens},
         }
         if self.answer_override is not None:
             reply = self.answer_override(reply)
@@ -701,6 +750,17 @@ class FakeGemini(FakeServer, BatchJobs):
         usage["totalTokenCount"] = usage["promptTokenCount"] + self.output_tokens + self.thoughts_tokens
         label = (f"video {hashlib.sha256(clips[0]).hexdigest()[:16]}" if clips
                  else image_label(images[0]) if images else "?")
+        generation = body.get("generationConfig", {})
+        if "responseSchema" in generation:
+            schema = generation["responseSchema"]
+            if "additionalProperties" in json.dumps(schema) or generation.get("responseMimeType") != \
+                    "application/json":
+                return 400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message":
+                             'Invalid JSON payload received. Unknown name "additionalProperties"'}}, {}
+            label = structured_text(schema, label)
+            usage["promptTokenCount"] += text_tokens(json.dumps(schema))
+            usage["candidatesTokenCount"] += text_tokens(label)
+            usage["totalTokenCount"] += text_tokens(json.dumps(schema)) + text_tokens(label)
         reply = {
             "candidates": [{"content": {"parts": [{"text": label}],
                                         "role": "model"}, "finishReason": "STOP", "index": 0}],
@@ -736,6 +796,8 @@ class FakeOllama(FakeServer):
             return 404, {"error": f"model '{body.get('model')}' not found, try pulling it first"}, {}
         text = " ".join(m.get("content", "") for m in body["messages"])
         caption = image_label(images[0]) if images else "?"
+        if isinstance(body.get("format"), dict):
+            caption = structured_text(body["format"], caption)
         final = {"model": body["model"], "created_at": "2026-11-22T00:00:00Z",
                  "message": {"role": "assistant", "content": caption}, "done": True, "done_reason": "stop",
                  "prompt_eval_count": 576 * len(images) + text_tokens(text), "eval_count": 30}
