@@ -1189,6 +1189,9 @@ def show(paths, db, as_json):
             click.echo(for_terminal(f"{current}  ({taken})"))
         text = row["caption"] if row["status"] == "ok" else f"[{row['status']}] {row['error'] or ''}"
         click.echo(for_terminal(f"  {row['model']}: {text}"))
+        for label in ("title", "keywords", "alt_text"):
+            if row["status"] == "ok" and row.get(label):
+                click.echo(for_terminal(f"    {label.replace('_', ' ')}: {row[label]}"))
 
 
 @cli.command()

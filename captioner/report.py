@@ -257,7 +257,8 @@ def captions_of(store: Store, paths: list[str]) -> list[dict[str, Any]]:
     for path in paths:
         absolute = os.path.abspath(path)
         found.extend(store.query(
-            """SELECT path, model, status, caption, error, prompt, system, cost_usd, captioned_at, taken_at
+            """SELECT path, model, status, caption, error, prompt, system, cost_usd, captioned_at, taken_at,
+                      title, keywords, alt_text
                FROM photo_captions WHERE path = :path OR path LIKE :under ESCAPE '\\'
                ORDER BY path, model, caption_id DESC""",
             {"path": absolute, "under": _like_prefix(absolute.rstrip(os.sep) + os.sep)},
@@ -269,7 +270,7 @@ def failure_rows(store: Store) -> list[dict[str, Any]]:
     """`captioner failures`: files whose caption failed or was refused, and not answered since."""
     return list(store.query(
         """SELECT path, model, status, error, captioned_at FROM photo_captions p
-           WHERE status IN ('failed', 'refused', 'blocked')
+           WHERE status IN ('failed', 'malformed', 'refused', 'blocked')
              AND NOT EXISTS (SELECT 1 FROM photo_captions q WHERE q.path = p.path AND q.recipe = p.recipe
                              AND q.status = 'ok')
            ORDER BY path, model"""

@@ -414,3 +414,17 @@ def _with_keywords(reply: dict, keywords: list[str]) -> dict:
     data["keywords"] = keywords
     message["content"] = json.dumps(data)
     return reply
+
+
+def test_show_prints_title_keywords_and_alt_text(metadata_db, three_photos):
+    shown = run("show", three_photos, "--db", metadata_db).output
+    assert "    title: title of photo" in shown and "    keywords: beach, Sunset, photo-" in shown
+    assert "    alt text: alt_text of photo" in shown
+
+
+def test_failures_lists_malformed_answers(fake_openai, three_photos, db):
+    fake_openai.answer_override = lambda reply: {**reply, "choices": [
+        {**reply["choices"][0], "message": {"role": "assistant", "content": "not json"}}]}
+    run("caption", three_photos, "-m", "gpt-4o-mini", "--db", db, "--schema", "title")
+    listed = json.loads(run("failures", "--db", db, "--json").output)
+    assert len(listed) == 3 and {r["status"] for r in listed} == {"malformed"}
