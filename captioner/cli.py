@@ -106,6 +106,24 @@ def _usable_instead() -> str | None:
     return None
 
 
+NO_MODEL_CAN_RUN = (
+    "no model can run: set OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY (or `captioner keys set NAME`); "
+    "or run one in-process with pip install 'captioner[local]' and `captioner models pull local/smolvlm-256m`; "
+    "or start Ollama with a vision model (ollama pull llava)")
+
+
+def _keyless_model():
+    """The first model that runs with no key and nothing to download: an in-process
+    model whose weights are on disk, else a vision model on a reachable Ollama."""
+    for model in listed_models():
+        if model.in_process and model.ready_offline():
+            return model
+    for model in discovered_models():
+        if not model.needs_key and model.sees_images:
+            return model
+    return None
+
+
 def _first_usable_default(default):
     """Without -m and without a chosen default, use the first model whose key is set
     (the default model first), and say so."""
@@ -113,7 +131,12 @@ def _first_usable_default(default):
         return default
     instead = _usable_instead()
     if instead is None:
-        return default
+        keyless = _keyless_model()
+        if keyless is None:
+            raise ConfigFailure(NO_MODEL_CAN_RUN)
+        click.echo(f"using {keyless.model_id}: no API key is set and it runs without one "
+                   "(choose another with -m or `captioner models default`)", err=True)
+        return keyless
     model = resolve_model(instead)
     click.echo(f"using {model.model_id}: {' or '.join(model.key_env)} is set, and no key for the default "
                f"{default.model_id} (choose one with -m or `captioner models default`)", err=True)
@@ -300,6 +323,16 @@ def resolve_recipe(template_name: str | None, prompt: str, system: str | None, s
     return RecipeArgs(prompt, system, options, schema, model_names)
 
 
+def prepare_to_run(model) -> None:
+    """An in-process model's weights on disk (downloaded, announced, unless offline) before any photo is read."""
+    from .models import ProviderError
+
+    try:
+        model.prepare_to_run(lambda message: click.echo(message, err=True))
+    except ProviderError as exc:
+        raise ConfigFailure(exc.message) from exc
+
+
 def check_schema(models, schema: dict[str, Any] | None) -> None:
     """Refuse, before any image is read, a schema for a model that cannot answer in one."""
     for model in models:
@@ -395,6 +428,9 @@ def caption(paths, model_name, prompt, system, options, template_name, schema_sp
     (model,), keys = _models_and_keys(recipe.model_names, key, need_keys=True)
     options = check_options([model], recipe.options)
     check_schema([model], recipe.schema)
+    prepare_to_run(model)
+    if click.get_current_context().get_parameter_source("timeout") == click.core.ParameterSource.DEFAULT:
+        timeout = model.request_timeout or timeout
     try:
         pricing.load_user_prices()  # a malformed price file is one line now, not a traceback later
         unpriced = max_cost is not None and not pricing.price_request(model, 1000, 100).known
@@ -685,6 +721,25 @@ def models(ctx, show_options, as_json):
                 click.echo("  (not declared: any -o KEY VALUE is passed to the model)")
             for option in row["options"] or []:
                 click.echo(f"  -o {option['name']} {option['describe']}: {option['help']}")
+
+
+@models.command("pull")
+@click.argument("name")
+def models_pull(name):
+    """Download an in-process model's weights into the Hugging Face cache (the size is said first).
+
+    \b
+    Example:
+      captioner models pull local/smolvlm-256m
+    """
+    model = resolve_model(name)
+    if not model.in_process:
+        raise ConfigFailure(f"{model.model_id} runs on a server: there are no weights to pull")
+    if model.ready_offline():
+        click.echo(f"{model.model_id} is already downloaded")
+        return
+    prepare_to_run(model)
+    click.echo(f"{model.model_id} is ready")
 
 
 @models.command("default")

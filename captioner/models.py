@@ -150,6 +150,9 @@ class Model:
     max_images: int = 1  # images one request may carry
     structured_output: bool = False
     schema_overhead_tokens: int = 0
+    request_timeout: float | None = None  # seconds one request may take when --timeout is not given
+    sees_images: bool = True  # False for a discovered server model that cannot take an image
+    in_process: bool = False  # runs in this process (weights on disk), not on a server
 
     def endpoints(self) -> list[str]:
         """Several base URLs serving this model (an endpoint pool), or [] for one fixed server."""
@@ -170,6 +173,14 @@ class Model:
     def image_tokens(self, width: int, height: int, options: Mapping[str, str]) -> int:
         """Input tokens the provider bills for an image of this (prepared) size."""
         raise NotImplementedError
+
+    def prepare_to_run(self, announce: Any) -> None:
+        """Called once before a run reads any photo: an in-process model makes sure its
+        weights are on disk. Raises ProviderError (fatal) with a one-line reason."""
+
+    def ready_offline(self) -> bool:
+        """Runs right now with no key and nothing to download (the keyless default may pick it)."""
+        return False
 
     def connection_hint(self) -> str | None:
         """What to check when the server cannot be reached (local servers say how to start them)."""

@@ -22,6 +22,7 @@ DEFAULT_PLUGINS = (
     "captioner.default_plugins.anthropic_models",
     "captioner.default_plugins.gemini_models",
     "captioner.default_plugins.ollama_models",
+    "captioner.default_plugins.local_models",
 )
 
 

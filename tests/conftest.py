@@ -53,6 +53,9 @@ def isolated(tmp_path, monkeypatch):
     for name in PROVIDER_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CAPTIONER_USER_DIR", str(tmp_path / "user"))
+    # No test sees the developer's downloaded models or downloads one.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
 
 

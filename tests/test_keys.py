@@ -66,3 +66,26 @@ def test_models_default_is_remembered():
     run("models", "default", "gpt-4.1-nano")
     assert run("models", "default").output.strip() == "gpt-4.1-nano"
     assert run("models", "default", "no-such-model").exit_code == 2
+
+
+def test_with_no_key_and_no_keyless_model_one_line_lists_every_way(photos, db, monkeypatch):
+    monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:9")  # nothing listens there
+    result = run("caption", photos, "--db", db)
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("Error: no model can run:")
+    for way in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "captioner[local]", "ollama pull"):
+        assert way in line
+
+
+def test_with_no_key_a_vision_model_on_ollama_is_the_default(fake_ollama, photos, db):
+    result = run("caption", photos, "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "using ollama/llava:7b: no API key is set" in result.output
+    assert {r["model"] for r in rows(db, "SELECT model FROM captions")} == {"ollama/llava:7b"}
+
+
+def test_an_ollama_model_that_cannot_see_is_not_the_default(fake_ollama, photos, db):
+    fake_ollama.models = ("llama3.2:1b",)
+    result = run("caption", photos, "--db", db)
+    assert result.exit_code == 2 and "no model can run" in result.output

@@ -148,4 +148,26 @@ def discover_models() -> list[Model]:
         names = [m["name"] for m in response.json().get("models", []) if m.get("name")]
     except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
         return []
-    return [OllamaModel(name) for name in names]
+    models: list[Model] = []
+    for name in names:
+        model = OllamaModel(name)
+        model.sees_images = takes_images(name)
+        models.append(model)
+    return models
+
+
+VISION_NAMES = ("llava", "vision", "moondream", "minicpm-v", "qwen2.5vl", "qwen2-vl", "qwen3-vl", "gemma3",
+                "granite3.2-vision", "mistral-small3", "llama4")
+
+
+def takes_images(name: str) -> bool:
+    """Whether an installed Ollama model takes images: its `capabilities` (Ollama 0.6+),
+    else what its name says."""
+    try:
+        response = httpx.post(ollama_base_url() + "/api/show", json={"model": name}, timeout=1.5)
+        capabilities = response.json().get("capabilities") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        capabilities = None
+    if isinstance(capabilities, list):
+        return "vision" in capabilities
+    return any(part in name.lower() for part in VISION_NAMES)
