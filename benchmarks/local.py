@@ -18,13 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from tiny_vlm import build, smolvlm_256m
+
 from captioner.default_plugins.local_models import LocalModel, LocalRuntime
 from captioner.local_weights import Weights
 from captioner.media import prepare_image
 from captioner.models import CaptionRequest
 
 from _common import REPO, machine
-from tiny_vlm import build, smolvlm_256m
 
 
 def requests(count: int, options: dict[str, str]) -> list[CaptionRequest]:

@@ -13,11 +13,12 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from .options import Option, validate
+
+if TYPE_CHECKING:  # httpx is imported by the commands that send, not by `--help` or `search`
+    import httpx
 
 # Outcomes a caption row can have (the `captions.status` column).
 OK = "ok"

@@ -194,7 +194,7 @@ def cost_rows(store: Store, by: str) -> list[dict[str, Any]]:
         row["estimated_input_per_image"] = round(est, 1) if est is not None else None
         row["billed_input_per_image"] = round(billed, 1) if billed is not None else None
         row["estimate_error_pct"] = round((est - billed) / billed * 100, 1) if est is not None and billed else None
-    if by == "model" and store.db["judgements"].exists():
+    if by == "model" and store.has_table("judgements"):
         rows += judge_cost_rows(store)
     if by == "run":
         runs = {r["id"]: r for r in store.query("SELECT id, model, status, started_at FROM runs")}

@@ -20,14 +20,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
-
-from .media import PreparedImage
 from .models import FAILURES, CaptionResult
 from .recipe import Recipe
 from .schema import alt_text_of, keywords_of, title_of
+
+if TYPE_CHECKING:  # Pillow and pillow-heif load with the commands that read photos
+    from .media import PreparedImage
 
 BUSY_TIMEOUT_MS = 60_000
 # A claim older than this is stale whatever its pid says (a request with every
@@ -413,7 +413,6 @@ class Store:
                                        check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.conn = conn
-            self.db = sqlite_utils.Database(conn)
             self._check_kind()
             if not readonly:
                 _retry_while_locked(self._set_up)
@@ -801,8 +800,16 @@ class Store:
 
     # -- queries for reports ---------------------------------------------
 
+    def has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                 (name,)).fetchone() is not None
+
     def query(self, sql: str, params: Any = ()) -> Iterator[dict[str, Any]]:
-        return self.db.query(sql, params)
+        """Rows as dicts, one at a time (what sqlite-utils' `query` gives, without importing it at start-up)."""
+        cursor = self.conn.execute(sql, params)
+        columns = [d[0] for d in cursor.description or []]
+        for row in cursor:
+            yield dict(zip(columns, row))
 
 
 def _retry_while_locked(action, seconds: float = BUSY_TIMEOUT_MS / 1000) -> None:
