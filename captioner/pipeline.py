@@ -50,6 +50,27 @@ Progress = Callable[[dict[str, Any]], None]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+class RawFile:
+    """A file's bytes between reading and preparing, holding one of the run's read
+    slots; `drop` frees both (the bytes may be megabytes, and a request in flight
+    must not keep them)."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self.slots = slots
+        self.data: bytes | None = None
+        self.holding = False
+
+    async def hold(self) -> None:
+        await self.slots.acquire()
+        self.holding = True
+
+    def drop(self) -> None:
+        self.data = None
+        if self.holding:
+            self.holding = False
+            self.slots.release()
+
+
 class Writer:
     """Every database write of a run, in order, on one thread: a slow or locked
     database never stalls the event loop, so answers in flight keep arriving.
@@ -231,6 +252,7 @@ class Runner:
                 # More workers than request slots, so images are being prepared
                 # while the slots are busy waiting on the network.
                 workers = self.limit.maximum + s.prepare_threads
+                self.reading = asyncio.Semaphore(2 * s.prepare_threads)
                 tasks = [asyncio.create_task(self._worker(queue, sender, executor)) for _ in range(workers)]
                 results = await asyncio.gather(*tasks, return_exceptions=True)
                 for result in results:
@@ -257,33 +279,61 @@ class Runner:
                 self.ledger.not_sent()  # the database refused a write: the run is stopping
 
     async def _one(self, found: Found, sender: Sender, executor: ThreadPoolExecutor) -> None:
-        """Read one file and caption its content unless it is done, in flight, or claimed elsewhere."""
+        """Read one file and caption its content unless it is done, in flight, or claimed elsewhere.
+
+        At most `2 x prepare threads` files are held read but not yet prepared, and a
+        file's bytes are dropped the moment it is prepared: a run of 12 MP photos keeps
+        a few originals in memory, not one per request in flight."""
         s = self.settings
         recipe = (self.video_recipe if found.kind == "video" else self.recipe).key
         loop = asyncio.get_running_loop()
+        raw = RawFile(self.reading)
+        await raw.hold()
         try:
-            if found.kind == "video":  # hashed in pieces, prepared from the file: never held whole
-                data, sha = b"", await loop.run_in_executor(executor, file_sha256, found.path)
-            else:
-                data, sha = await loop.run_in_executor(executor, read_file, found.path, s.max_file_bytes)
-        except OSError as exc:
-            self.ledger.skipped(found.path, f"cannot read: {exc.strerror or exc}")
-            return
-        # Same content at another path (or being captioned right now): not paid for twice.
-        while sha in self.inflight:
-            await asyncio.shield(self.inflight[sha])
-        if sha in self.finished_shas or (self.plan_done is not None and sha in self.plan_done.shas):
-            await self._not_new(found, sha, DONE)
-            return
+            try:
+                if found.kind == "video":  # hashed in pieces, prepared from the file: never held whole
+                    raw.data, sha = b"", await loop.run_in_executor(executor, file_sha256, found.path)
+                else:
+                    raw.data, sha = await loop.run_in_executor(executor, read_file, found.path, s.max_file_bytes)
+            except OSError as exc:
+                self.ledger.skipped(found.path, f"cannot read: {exc.strerror or exc}")
+                return
+            # Same content at another path (or being captioned right now): not paid for twice.
+            if sha in self.inflight:
+                raw.drop()  # rare: a copy waits for its twin's answer without holding a read slot
+                while sha in self.inflight:
+                    await asyncio.shield(self.inflight[sha])
+            if sha in self.finished_shas or (self.plan_done is not None and sha in self.plan_done.shas):
+                raw.drop()
+                await self._not_new(found, sha, DONE)
+                return
+            if raw.data is None and found.kind != "video":  # its twin got no answer: read again to caption it
+                await raw.hold()
+                try:
+                    raw.data, again = await loop.run_in_executor(executor, read_file, found.path, s.max_file_bytes)
+                except OSError as exc:
+                    self.ledger.skipped(found.path, f"cannot read: {exc.strerror or exc}")
+                    return
+                if again != sha:  # never caption other bytes under this content's hash
+                    self.ledger.skipped(found.path, "changed while being captioned (run again to caption it)")
+                    return
+            await self._claim_and_caption(found, raw, sha, recipe, sender, executor)
+        finally:
+            raw.drop()
+
+    async def _claim_and_caption(self, found: Found, raw: RawFile, sha: str, recipe: str, sender: Sender,
+                                 executor: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
         # Registered before the claim is awaited, so a copy read meanwhile waits for this one.
         finished = loop.create_future()
         self.inflight[sha] = finished
         claimed = False
         try:
-            outcome = await self.write(self.store.claim, sha, recipe, retry_failed=s.retry_failed, force=s.force)
+            outcome = await self.write(self.store.claim, sha, recipe, retry_failed=self.settings.retry_failed,
+                                       force=self.settings.force)
             claimed = outcome == CLAIMED
             if claimed:
-                await self._caption_new(found, data, sha, sender, executor)
+                await self._caption_new(found, raw, sha, sender, executor)
         finally:
             del self.inflight[sha]
             finished.set_result(None)
@@ -294,6 +344,7 @@ class Runner:
                 except WriteFailed:
                     pass  # claims of this process are released when the run ends, or expire
         if not claimed:
+            raw.drop()
             await self._not_new(found, sha, outcome)
 
     async def _not_new(self, found: Found, sha: str, outcome: str) -> None:
@@ -339,20 +390,21 @@ class Runner:
             (prepared.sent_width, prepared.sent_height), s.options, recipe.prompt, recipe.system, recipe.schema)
         return estimated, prepared.parts
 
-    async def _caption_new(self, found: Found, data: bytes, sha: str, sender: Sender,
+    async def _caption_new(self, found: Found, raw: RawFile, sha: str, sender: Sender,
                            executor: ThreadPoolExecutor) -> None:
         """Prepare, reserve, send and record one claimed photo or clip."""
         s = self.settings
         loop = asyncio.get_running_loop()
         recipe = self.video_recipe if found.kind == "video" else self.recipe
         try:
-            prepared = await loop.run_in_executor(executor, self._prepare, found, data)
+            prepared = await loop.run_in_executor(executor, self._prepare, found, raw.data or b"")
         except ImageError as exc:
+            raw.drop()
             image_id = await self.write(self.store.save_image, found.path, sha, found.size, found.mtime,
                                         kind=found.kind)
             await self.ledger.record(image_id, found.path, failed(str(exc)), None, recipe=recipe)
             return
-        del data
+        raw.drop()  # the original's bytes go now, not when the answer comes back
         image_id = await self.write(self.store.save_image, found.path, sha, found.size, found.mtime, prepared,
                                     kind=found.kind)
         self.ledger.know_file(image_id, PhotoFile(found.path, sha, found.size, found.mtime))
