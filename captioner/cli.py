@@ -988,37 +988,41 @@ def export(paths, db, fmt, model_name, out, sidecar_name, overwrite, dry_run):
         check_output_file(out, "--out")
     store = open_store(db or config.default_db(), readonly=True)
     try:
-        if fmt == "html":
-            text, count = exporting.html_gallery(store, model_name, paths, page_path=out)
-        else:
-            rows = exporting.only_under(list(exporting.newest_captions(store, model_name)), paths)
-            count = len(rows)
+        if fmt in ("xmp", "txt"):
+            export_sidecars(store, fmt, model_name, paths, out, sidecar_name, overwrite, dry_run)
+            return
+        # Written a row at a time: a library of any size takes the same memory.
+        with open(out, "w", encoding="utf-8", newline="") if out else contextlib.nullcontext(sys.stdout) as fh:
+            if fmt == "html":
+                count = exporting.write_gallery(store, fh, model_name, paths, page_path=out)
+            else:
+                count = exporting.write_table(exporting.newest_rows(store, model_name, paths), fmt, fh)
     finally:
         store.close()
-    if fmt in ("xmp", "txt"):
-        options = exporting.SidecarOptions(out, sidecar_name == "replace", overwrite, dry_run)
-        report = exporting.write_xmp(rows, options) if fmt == "xmp" else exporting.write_txt(rows, options)
-        for path, reason in report.skipped:
-            click.echo(for_terminal(f"skipped {path}: {reason}"), err=True)
-        if dry_run:
-            for target in report.written:
-                click.echo(for_terminal(f"would write {target}"))
-            for target in report.merged:
-                click.echo(for_terminal(f"would update {target}"))
-        verbs = ("would be written", "would be updated") if dry_run else ("written", "updated")
-        click.echo(f"{len(report.written)} {verbs[0]}, {len(report.merged)} {verbs[1]}, "
-                   f"{len(report.skipped)} skipped")
-        if report.skipped:
-            sys.exit(EXIT_SOME_FAILED)
-        return
-    if fmt in ("csv", "jsonl"):
-        text = exporting.table_text(rows, fmt)
     if out:
-        with open(out, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
         click.echo(f"wrote {count} photos to {out}", err=True)
-    else:
-        click.echo(text, nl=False)
+
+
+def export_sidecars(store: Store, fmt: str, model_name: str | None, paths: tuple[str, ...], out: str | None,
+                    sidecar_name: str, overwrite: bool, dry_run: bool) -> None:
+    """`export --format xmp|txt`: sidecars beside the photos (or under --out), and what was done."""
+    from . import export as exporting
+
+    options = exporting.SidecarOptions(out, sidecar_name == "replace", overwrite, dry_run)
+    rows = lambda: exporting.newest_rows(store, model_name, paths)  # noqa: E731 (read twice: see _plan)
+    report = exporting.write_xmp(rows, options) if fmt == "xmp" else exporting.write_txt(rows, options)
+    for path, reason in report.skipped:
+        click.echo(for_terminal(f"skipped {path}: {reason}"), err=True)
+    if dry_run:
+        for target in report.written:
+            click.echo(for_terminal(f"would write {target}"))
+        for target in report.merged:
+            click.echo(for_terminal(f"would update {target}"))
+    verbs = ("would be written", "would be updated") if dry_run else ("written", "updated")
+    click.echo(f"{len(report.written)} {verbs[0]}, {len(report.merged)} {verbs[1]}, "
+               f"{len(report.skipped)} skipped")
+    if report.skipped:
+        sys.exit(EXIT_SOME_FAILED)
 
 
 @cli.command()

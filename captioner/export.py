@@ -10,11 +10,11 @@ import json
 import os
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
-from .gallery import GalleryItem, render, thumbnail_uri, thumbnails_beside
+from .gallery import GalleryItem, render_parts, thumbnail_uri, thumbnails_beside
 from .schema import alt_text_of, keywords_of, title_of
 from .store import PHOTO_CAPTIONS_JOIN, Store
 from .text import for_csv, for_xml
@@ -41,13 +41,31 @@ def newest_captions(store: Store, model: str | None = None) -> Iterator[dict[str
 
 def html_gallery(store: Store, model: str | None = None, paths: tuple[str, ...] = (),
                  page_path: str | None = None) -> tuple[str, int]:
-    """The gallery page; written to a file, its thumbnails go in a folder beside it."""
-    rows = only_under(list(newest_captions(store, model)), paths)
-    items = [GalleryItem(r["path"], {r["model"]: ("ok", r["caption"])}, r.get("duration_s")) for r in rows]
-    models = sorted({r["model"] for r in rows})
+    """The gallery page as one string (for stdout); `write_gallery` streams it to a file."""
+    out = io.StringIO()
+    count = write_gallery(store, out, model, paths, page_path)
+    return out.getvalue(), count
+
+
+def write_gallery(store: Store, out: TextIO, model: str | None = None, paths: tuple[str, ...] = (),
+                  page_path: str | None = None) -> int:
+    """Write the gallery page a photo at a time (its thumbnails go in a folder beside a page
+    written to a file), so a library of any size takes the same memory."""
+    count = sum(1 for _ in newest_rows(store, model, paths))
+    items = (GalleryItem(r["path"], {r["model"]: ("ok", r["caption"])}, r.get("duration_s"))
+             for r in newest_rows(store, model, paths))
     thumbnails = thumbnails_beside(page_path) if page_path else thumbnail_uri
-    page = render(f"captioner gallery ({len(items)} photos)", items, models, thumbnails=thumbnails)
-    return page, len(items)
+    for part in render_parts(f"captioner gallery ({count} photos)", items, None, thumbnails=thumbnails):
+        out.write(part + "\n")
+    return count
+
+
+def newest_rows(store: Store, model: str | None = None, paths: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
+    """`newest_captions` for these files or folders (all if none given), one row at a time."""
+    wanted = [os.path.abspath(p) for p in paths]
+    for row in newest_captions(store, model):
+        if not wanted or any(row["path"] == w or row["path"].startswith(w.rstrip(os.sep) + os.sep) for w in wanted):
+            yield row
 
 
 # -- sidecars ------------------------------------------------------------------
@@ -131,31 +149,34 @@ def sidecar_path(image_path: str, suffix: str, out_dir: str | None, replace_exte
     return os.path.normpath(os.path.join(out_dir, relative, stem + suffix))
 
 
-def only_under(rows: list[dict[str, Any]], paths: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The rows for these files, or for files under these folders (all rows if none given)."""
-    if not paths:
-        return rows
-    wanted = [os.path.abspath(p) for p in paths]
-    return [r for r in rows if any(r["path"] == w or r["path"].startswith(w.rstrip(os.sep) + os.sep)
-                                   for w in wanted)]
+Rows = Callable[[], Iterable[dict[str, Any]]]
 
 
-def _plan(rows: list[dict[str, Any]], suffix: str, out_dir: str | None, replace_extension: bool,
-          report: ExportReport) -> list[tuple[dict[str, Any], str]]:
-    """Where each sidecar goes; two photos that would share one file are both reported, neither written."""
-    base_dir = os.path.commonpath([os.path.dirname(r["path"]) for r in rows]) if rows and out_dir else None
-    targets: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        targets.setdefault(sidecar_path(row["path"], suffix, out_dir, replace_extension, base_dir), []).append(row)
-    planned = []
-    for target, owners in targets.items():
-        if len(owners) > 1:
-            names = ", ".join(os.path.basename(o["path"]) for o in owners)
-            for owner in owners:
-                report.skipped.append((owner["path"], f"{os.path.basename(target)} would be shared by {names}"))
+def _plan(rows: Rows, suffix: str, out_dir: str | None, replace_extension: bool,
+          report: ExportReport) -> Iterator[tuple[dict[str, Any], str]]:
+    """Where each sidecar goes, a photo at a time. The rows are read twice: first to
+    find the common folder and the targets two photos would share (both are reported,
+    neither written), then to write; only the targets are held, never the captions."""
+    base_dir: str | None = None
+    shared: dict[str, int] = {}
+    if out_dir:
+        for row in rows():
+            folder = os.path.dirname(row["path"])
+            base_dir = folder if base_dir is None else os.path.commonpath([base_dir, folder])
+    for row in rows():
+        target = sidecar_path(row["path"], suffix, out_dir, replace_extension, base_dir)
+        shared[target] = shared.get(target, 0) + 1
+    owners: dict[str, list[str]] = {}
+    for row in rows():
+        target = sidecar_path(row["path"], suffix, out_dir, replace_extension, base_dir)
+        if shared[target] > 1:
+            owners.setdefault(target, []).append(row["path"])
         else:
-            planned.append((owners[0], target))
-    return planned
+            yield row, target
+    for target, paths in owners.items():
+        names = ", ".join(os.path.basename(p) for p in paths)
+        for path in paths:
+            report.skipped.append((path, f"{os.path.basename(target)} would be shared by {names}"))
 
 
 def _lang_alt(tag: str, text: str) -> ET.Element:
@@ -292,7 +313,7 @@ def _serialize(root: ET.Element, prefixes: dict[str, str]) -> str:
     return XPACKET_BEGIN + ET.tostring(root, encoding="unicode") + XPACKET_END
 
 
-def write_xmp(rows: list[dict[str, Any]], options: SidecarOptions) -> ExportReport:
+def write_xmp(rows: Rows, options: SidecarOptions) -> ExportReport:
     report = ExportReport(dry_run=options.dry_run)
     for row, target in _plan(rows, ".xmp", options.out_dir, options.replace_extension, report):
         if os.path.exists(target):
@@ -312,7 +333,7 @@ def write_xmp(rows: list[dict[str, Any]], options: SidecarOptions) -> ExportRepo
     return report
 
 
-def write_txt(rows: list[dict[str, Any]], options: SidecarOptions) -> ExportReport:
+def write_txt(rows: Rows, options: SidecarOptions) -> ExportReport:
     """Training-set sidecars: the caption alone in a .txt with the image's stem."""
     report = ExportReport(dry_run=options.dry_run)
     for row, target in _plan(rows, ".txt", options.out_dir, True, report):
@@ -347,18 +368,28 @@ def _atomic_write(target: str, text: str) -> None:
         raise
 
 
-def table_text(rows: list[dict[str, Any]], fmt: str) -> str:
-    """CSV or JSON Lines of the newest captions."""
+def table_text(rows: Iterable[dict[str, Any]], fmt: str) -> str:
+    """CSV or JSON Lines of the newest captions, as one string."""
     out = io.StringIO()
+    write_table(rows, fmt, out)
+    return out.getvalue()
+
+
+def write_table(rows: Iterable[dict[str, Any]], fmt: str, out: TextIO) -> int:
+    """CSV or JSON Lines, written a row at a time; returns how many rows."""
+    count = 0
     if fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=TABLE_FIELDS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: for_csv(v) for k, v in row.items()} for row in rows)
-    else:
         for row in rows:
-            record = {k: row.get(k) for k in TABLE_FIELDS}
-            data = json.loads(row["data_json"]) if row.get("data_json") else None
-            record["keywords"] = keywords_of(data) or None  # a list here, not the column's joined text
-            record["data"] = data
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return out.getvalue()
+            writer.writerow({k: for_csv(v) for k, v in row.items()})
+            count += 1
+        return count
+    for row in rows:
+        record = {k: row.get(k) for k in TABLE_FIELDS}
+        data = json.loads(row["data_json"]) if row.get("data_json") else None
+        record["keywords"] = keywords_of(data) or None  # a list here, not the column's joined text
+        record["data"] = data
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        count += 1
+    return count

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,10 +100,18 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
-def render(title: str, items: Sequence[GalleryItem], models: Sequence[str],
+def render(title: str, items: Iterable[GalleryItem], models: Sequence[str] | None,
            table: Sequence[dict[str, Any]] = (), columns: Sequence[str] = (),
            thumbnails: Thumbnails = thumbnail_uri) -> str:
-    parts = [
+    return "\n".join(render_parts(title, items, models, table, columns, thumbnails))
+
+
+def render_parts(title: str, items: Iterable[GalleryItem], models: Sequence[str] | None,
+                 table: Sequence[dict[str, Any]] = (), columns: Sequence[str] = (),
+                 thumbnails: Thumbnails = thumbnail_uri) -> Iterator[str]:
+    """The page a piece at a time (a photo per piece), so it can be written as it is made.
+    `models` orders each photo's captions (None: in the order the photo has them)."""
+    yield from [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -113,12 +121,13 @@ def render(title: str, items: Sequence[GalleryItem], models: Sequence[str],
         f"<h1>{html.escape(title)}</h1>",
     ]
     if table:
-        parts.append('<div class="table-wrap"><table class="costs"><tr>'
-                     + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>")
+        yield ('<div class="table-wrap"><table class="costs"><tr>'
+               + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>")
         for row in table:
-            parts.append("<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>")
-        parts.append("</table></div>")
+            yield "<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>"
+        yield "</table></div>"
     for item in items:
+        parts: list[str] = []
         uri = thumbnails(item.path)
         alt = next((text for status, text in item.captions.values() if status == "ok" and text),
                    os.path.basename(item.path))
@@ -129,7 +138,9 @@ def render(title: str, items: Sequence[GalleryItem], models: Sequence[str],
             badge = f'<span class="badge">▶ {seconds // 60}:{seconds % 60:02d}</span>'
             image = f'<span class="poster">{image}{badge}</span>'
         parts.append(f'<div class="photo"><div>{image}<div class="path">{html.escape(item.path)}</div></div><div>')
-        for model in [m for m in models if m in item.captions] if not table else models:
+        order = list(item.captions) if models is None else (
+            [m for m in models if m in item.captions] if not table else list(models))
+        for model in order:
             status, text = item.captions.get(model, ("missing", None))
             parts.append(f'<div class="model">{html.escape(model)}</div>')
             if status == "ok":
@@ -137,5 +148,5 @@ def render(title: str, items: Sequence[GalleryItem], models: Sequence[str],
             else:
                 parts.append(f'<p class="caption status">{html.escape(status)}: {html.escape(text or "")}</p>')
         parts.append("</div></div>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        yield "\n".join(parts)
+    yield "</body></html>"
