@@ -14,10 +14,11 @@ import subprocess
 import sys
 import time
 
+from search_speed import fill
+
 from captioner.store import Store
 
 from _common import machine, workdir
-from search_speed import fill
 
 # Runs one export in this child process and reports the child's own peak RSS (KB).
 CHILD = """
