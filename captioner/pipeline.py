@@ -41,7 +41,7 @@ from .recipe import Recipe, recipe_for, render_prompt
 from .report import RunSummary
 from .scan import DEFAULT_MAX_FILE_BYTES, Found
 from .schema import canonical
-from .send import AdaptiveLimit, Answer, NoAnswer, NotSent, RateCap, RetryPolicy, Sender
+from .send import AdaptiveLimit, Answer, ClientPool, NoAnswer, NotSent, RateCap, RetryPolicy, Sender
 from .store import BATCHED, CLAIMED, DONE, Store, WriteFailed
 from .video import DEFAULT_MAX_VIDEO_SECONDS, MediaPart, PreparedVideo, prepare_video, send_mode
 
@@ -228,8 +228,6 @@ class Runner:
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=s.prepare_threads, thread_name_prefix="prepare")
         timeout = httpx.Timeout(s.timeout, connect=s.connect_timeout)
-        slots = self.limit.maximum
-        limits = httpx.Limits(max_connections=slots, max_keepalive_connections=slots)
         queue = iter(todo)
         tasks: list[asyncio.Task[None]] = []
 
@@ -246,8 +244,8 @@ class Runner:
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
         try:
-            async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-                sender = Sender(self.model, client, self.control, s.retry_policy(), self.limit, RateCap(s.rpm),
+            async with ClientPool(timeout) as clients:
+                sender = Sender(self.model, clients, self.control, s.retry_policy(), self.limit, RateCap(s.rpm),
                                 on_retry=self.ledger.retried)
                 # More workers than request slots, so images are being prepared
                 # while the slots are busy waiting on the network.
