@@ -87,6 +87,10 @@ def prepare_image(data: bytes, max_side: int = 1024) -> PreparedImage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns about odd EXIF; we cope below
             im = Image.open(io.BytesIO(data))
+            if im.format == "JPEG" and im.info.get("progressive") and _draft_scale(im.size, max_side) >= 4:
+                cut = without_refinement_scans(data)
+                if len(cut) < len(data):
+                    im = Image.open(io.BytesIO(cut))
             return _prepare(im, max_side)
     except Image.DecompressionBombError as exc:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
@@ -160,6 +164,73 @@ def header_facts(path: str) -> tuple[int, int, str, int]:
     return shown.width, shown.height, shown.format, shown.frames
 
 
+def _draft_scale(size: tuple[int, int], max_side: int) -> int:
+    """The factor (1, 2, 4 or 8) libjpeg's draft mode shrinks a JPEG of this size by."""
+    draft_w, draft_h = _draft_size(size, max_side)
+    scale = min(size[0] // draft_w, size[1] // draft_h)
+    return next(s for s in (8, 4, 2, 1) if scale >= s)
+
+
+def without_refinement_scans(data: bytes) -> bytes:
+    """A progressive JPEG cut before its first AC refinement scan, and ended there.
+
+    A progressive JPEG sends coarse coefficients first and their low bits in
+    later "refinement" scans; decoded at 1/4 scale or smaller those bits change
+    nothing visible, but libjpeg must still entropy-decode them, which is most
+    of the work. Markers are walked one by one; anything not understood (not
+    progressive, a segment running past the end, no refinement scan) returns
+    `data` unchanged, so the worst case is the full decode."""
+    size = len(data)
+    if data[:2] != b"\xff\xd8":
+        return data
+    pos, progressive = 2, False
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            return data
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9 or 0xD0 <= marker <= 0xD7 or marker in (0x01, 0xD8):
+            return data
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        end = pos + 2 + length
+        if length < 2 or end > size:
+            return data
+        if marker == 0xC2:
+            progressive = True
+        elif marker in (0xC0, 0xC1, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            return data  # baseline, lossless or arithmetic-coded: left to libjpeg as it is
+        if marker == 0xDA:
+            if not progressive or length < 6:
+                return data
+            components = data[pos + 4]
+            if length != 6 + 2 * components:
+                return data
+            start, approximation = data[pos + 5 + 2 * components], data[pos + 7 + 2 * components]
+            if start > 0 and approximation >> 4 > 0:  # AC, successive-approximation refinement
+                return data[:pos] + b"\xff\xd9"
+            pos = _after_entropy_data(data, end)
+            if pos < 0:
+                return data
+            continue
+        pos = end
+    return data
+
+
+def _after_entropy_data(data: bytes, pos: int) -> int:
+    """Where the marker after a scan's entropy-coded data starts (-1 if the data runs to the end)."""
+    while True:
+        found = data.find(b"\xff", pos)
+        if found < 0 or found + 1 >= len(data):
+            return -1
+        following = data[found + 1]
+        if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+            pos = found + (2 if following != 0xFF else 1)
+            continue
+        return found
+
+
 def sent_size(width: int, height: int, fmt: str, frames: int, max_side: int) -> tuple[int, int]:
     """The pixel size `prepare_image` sends for an image of this displayed size,
     computed the way Pillow's draft and thumbnail compute it."""
@@ -168,9 +239,7 @@ def sent_size(width: int, height: int, fmt: str, frames: int, max_side: int) -> 
         count = min(4, frames)
         return (cell if count == 1 else 2 * cell), math.ceil(count / 2 if count > 1 else 1) * cell
     if fmt in ("JPEG", "MPO"):
-        draft_w, draft_h = _draft_size((width, height), max_side)
-        scale = min(width // draft_w, height // draft_h)
-        scale = next(s for s in (8, 4, 2, 1) if scale >= s)
+        scale = _draft_scale((width, height), max_side)
         width, height = -(-width // scale), -(-height // scale)
     return _thumbnail_size(width, height, max_side)
 

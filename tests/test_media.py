@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 from PIL import Image, ImageChops, ImageStat
@@ -110,3 +111,44 @@ def test_noisy_photos_stay_under_the_upload_cap(corpus):
     result = prepared(corpus / "bad" / "cmyk_photo.jpg")  # fine grass texture: 320 KB at quality 85
     assert len(result.jpeg) <= MAX_JPEG_BYTES
     assert (result.sent_width, result.sent_height) == (1024, 768)
+
+
+def _progressive_photo(width: int = 2400, height: int = 1600) -> bytes:
+    """A progressive JPEG with detail in it (refinement scans carry real bits)."""
+    import random
+
+    rng = random.Random(3)
+    im = Image.radial_gradient("L").resize((width, height)).convert("RGB")
+    noise = Image.frombytes("RGB", (width // 8, height // 8),
+                            bytes(rng.randrange(256) for _ in range(width // 8 * height // 8 * 3)))
+    im = Image.blend(im, noise.resize((width, height)), 0.5)
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=90, progressive=True)
+    return out.getvalue()
+
+
+def test_a_progressive_jpeg_is_cut_before_its_refinement_scans_and_still_looks_the_same(monkeypatch):
+    from captioner import media
+
+    data = _progressive_photo()
+    cut = media.without_refinement_scans(data)
+    assert len(cut) < len(data) and cut.endswith(b"\xff\xd9")
+    Image.open(io.BytesIO(cut)).load()  # a valid JPEG on its own
+    sent = prepare_image(data, 512)
+    monkeypatch.setattr(media, "without_refinement_scans", lambda data: data)
+    every_scan = prepare_image(data, 512)
+    assert (sent.sent_width, sent.sent_height) == (every_scan.sent_width, every_scan.sent_height)
+    difference = ImageChops.difference(Image.open(io.BytesIO(sent.jpeg)).convert("RGB"),
+                                       Image.open(io.BytesIO(every_scan.jpeg)).convert("RGB"))
+    mse = sum(ImageStat.Stat(difference.point(lambda v: v * v)).mean) / 3
+    assert 10 * math.log10(255 ** 2 / mse) > 33  # what is sent barely differs from decoding every scan
+
+
+def test_anything_but_a_whole_progressive_jpeg_is_left_as_it_is():
+    from captioner.media import without_refinement_scans
+
+    baseline = io.BytesIO()
+    Image.new("RGB", (300, 200), "red").save(baseline, "JPEG")
+    progressive = _progressive_photo(400, 300)
+    for data in (baseline.getvalue(), b"not a jpeg", b"\xff\xd8\xff\xe0\x00", progressive[: len(progressive) // 10]):
+        assert without_refinement_scans(data) == data
