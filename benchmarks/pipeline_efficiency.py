@@ -1,6 +1,10 @@
-"""Pipeline efficiency: images/s achieved ÷ (concurrency ÷ latency), on ~12 MP camera JPEGs.
+"""Pipeline efficiency: images/s achieved ÷ the most this machine could do, which is
+min(concurrency ÷ latency, the prepare ceiling): on ~12 MP camera JPEGs the CPU
+that decodes them is the limit on 2 cores, so the ceiling is measured here, in
+the same run (every photo of the mix prepared on all cores, nothing else
+running). Then small photos at concurrency 64, where the network is the limit.
 
-1.0 means the network slots never wait for prepare, the event loop or the database.
+1.0 means the run never waits for anything but the slower of the two.
 
     python benchmarks/pipeline_efficiency.py [--photos 320] [--concurrency 32] [--latency 0.3]
 """
@@ -8,6 +12,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from captioner.media import file_sha256, prepare_image, read_file
 
 from _common import FakeServerProcess, camera_jpegs, fake_env, machine, photo_library, run_captioner, workdir
 
@@ -21,7 +30,8 @@ def main() -> None:
     work = workdir()
     originals = camera_jpegs(work / "originals")
     library = photo_library(work / "library", originals, args.photos)
-    ideal = args.concurrency / args.latency
+    ceiling = prepare_ceiling(sorted(library.iterdir())[:60])
+    ideal = min(args.concurrency / args.latency, ceiling)
     print(f"{args.photos} camera JPEGs (~12 MP), concurrency {args.concurrency}, latency {args.latency * 1000:.0f} ms;"
           f" {machine()}")
     with FakeServerProcess(args.latency) as server:
@@ -33,20 +43,36 @@ def main() -> None:
     rate = args.photos / seconds
     steady = steady_rate(work / "eff.db")
     print(f"achieved {rate:.1f} images/s over the whole run (start-up included), {steady:.1f} images/s steady;"
-          f" ideal {ideal:.1f} images/s")
-    print(f"efficiency {rate / ideal:.2f} whole run, {steady / ideal:.2f} steady   (target >= 0.9)")
+          f" concurrency / latency {args.concurrency / args.latency:.1f}/s, prepare ceiling {ceiling:.1f}/s")
+    print(f"efficiency {rate / ideal:.2f} whole run, {steady / ideal:.2f} steady   (target >= 0.95)")
 
-    # The same run with small photos shows what the network pipeline alone can do.
-    small = photo_library(work / "small", [p for p in (work.parent,)][:0] or [_small_photo(work)], args.photos)
+    # Small photos at concurrency 64: the network is the limit, not the CPU.
+    small = photo_library(work / "small", [_small_photo(work)], args.photos * 2)
     with FakeServerProcess(args.latency) as server:
         seconds, summary, _ = run_captioner(
-            [str(small), "-m", "gpt-4o-mini", "--db", str(work / "small.db"), "--concurrency", str(args.concurrency)],
+            [str(small), "-m", "gpt-4o-mini", "--db", str(work / "small.db"), "--concurrency", "64"],
             fake_env(server.base_url, work))
         server.finish()
-    small_rate = args.photos / seconds
+    small_ideal = 64 / args.latency
+    small_rate = args.photos * 2 / seconds
     small_steady = steady_rate(work / "small.db")
-    print(f"same run with 640-px photos: efficiency {small_rate / ideal:.2f} whole run,"
-          f" {small_steady / ideal:.2f} steady (prepare mostly removed as a cost)")
+    print(f"640-px photos at concurrency 64: {small_steady:.1f} images/s steady of {small_ideal:.1f} asked:"
+          f" efficiency {small_rate / small_ideal:.2f} whole run, {small_steady / small_ideal:.2f} steady"
+          f"   (target >= 0.9)")
+
+
+def prepare_ceiling(paths: list) -> float:
+    """Photos per second this machine can read, hash and prepare on all its cores."""
+    def one(path) -> None:
+        data, _ = read_file(str(path))
+        file_sha256(str(path))
+        prepare_image(data)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        list(pool.map(one, paths[:4]))  # warm up
+        started = time.perf_counter()
+        list(pool.map(one, paths))
+        return len(paths) / (time.perf_counter() - started)
 
 
 def steady_rate(db) -> float:
