@@ -22,7 +22,7 @@ from .media import ImageError, prepare_image, read_file
 from .models import CaptionRequest, CaptionResult, Model, ProviderError
 from .pipeline import RunSettings, caption_paths
 from .quality import Match, bleu4, bootstrap_bradley_terry, bradley_terry, pareto_front, wilson
-from .recipe import Recipe, recipe_for
+from .recipe import Recipe
 from .report import RunSummary
 from .scan import DEFAULT_MAX_FILE_BYTES, Found, scan
 from .store import PHOTO_CAPTIONS_JOIN, Store, utcnow
@@ -104,8 +104,7 @@ def compare(
     table: list[dict[str, Any]] = []
     captions: dict[str, dict[str, tuple[str, str | None]]] = {p: {} for p in paths}
     for model in models:
-        recipe = recipe_for(model, settings.prompt, settings.system, settings.options, settings.max_side)
-        found = latest_captions(store, paths, recipe)
+        found = latest_captions(store, paths, settings.recipe(model))
         table.append(model_row(model.model_id, list(found.values()), total))
         for path, row in found.items():
             captions[path][model.model_id] = (row["status"], row["caption"] if row["status"] == "ok" else row["error"])
@@ -198,9 +197,7 @@ def judge_comparison(store: Store, comparison: Comparison, models: Sequence[Mode
     judged = Judged(judge.model_id, [], [], {})
     prompt_version = prompt_id()
     ids = [m.model_id for m in models]
-    rows_by_model = {m.model_id: latest_captions(store, comparison.paths,
-                                                 recipe_for(m, settings.prompt, settings.system, settings.options,
-                                                            settings.max_side)) for m in models}
+    rows_by_model = {m.model_id: latest_captions(store, comparison.paths, settings.recipe(m)) for m in models}
     jobs = []
     for path in comparison.paths:
         for i, a in enumerate(ids):
@@ -347,8 +344,7 @@ def evaluate(store: Store, models: Sequence[Model], keys: dict[str, str | None],
                  for model in models]
     table = []
     for model in models:
-        found = latest_captions(store, paths, recipe_for(model, settings.prompt, settings.system, settings.options,
-                                                         settings.max_side))
+        found = latest_captions(store, paths, settings.recipe(model))
         scored = [p for p in paths if p in found and found[p]["status"] == "ok"]
         candidates = [found[p]["caption"] for p in scored]
         table.append({"model": model.model_id, "photos": len(scored),

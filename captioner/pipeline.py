@@ -130,6 +130,12 @@ class RunSettings:
     base_urls: Sequence[str] = ()  # an endpoint pool for OpenAI-compatible servers
     prepare_threads: int = max(2, os.cpu_count() or 2)
 
+    def recipe(self, model: Model, max_side: int | None = None) -> Recipe:
+        """The recipe a photo captioned by `model` with these settings carries (the one
+        definition: runs, compare and eval all look captions up by it)."""
+        schema = canonical(self.schema) if self.schema is not None else None
+        return recipe_for(model, self.prompt, self.system, self.options, max_side or self.max_side, schema)
+
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.retries, self.timeout, self.backoff_base, self.backoff_cap, self.retry_after_cap)
 
@@ -143,8 +149,8 @@ class Runner:
         self.settings = settings
         self.progress: Progress = progress or (lambda update: None)
         self.max_side = settings.max_side or model.max_side
-        schema = canonical(settings.schema) if settings.schema is not None else None
-        self.recipe = recipe_for(model, settings.prompt, settings.system, settings.options, self.max_side, schema)
+        self.recipe = settings.recipe(model, self.max_side)
+        schema = self.recipe.schema
         self.video_mode = send_mode(model.accepts_video, model.max_images, settings.options)
         video_options = {**settings.options, "max_video_seconds": f"{settings.max_video_seconds:g}"}
         self.video_recipe = recipe_for(model, settings.video_prompt, settings.system, video_options, self.max_side,

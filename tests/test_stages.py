@@ -236,3 +236,60 @@ def test_a_request_repr_shows_neither_the_key_nor_the_image_bytes():
     text = repr(REQUEST)
     assert "sk-test-not-a-real-key-123" not in text and "not really a jpeg" not in text
     assert "bytes" in text and "key=<set>" in text
+
+
+def test_a_client_pool_gives_each_request_in_flight_its_own_client_and_reuses_them():
+    from captioner.send import ClientPool
+
+    async def scenario() -> tuple[int, int, int]:
+        async with ClientPool(httpx.Timeout(5)) as pool:
+            held = []
+            for _ in range(3):  # three requests in flight at once
+                lease = pool.lease()
+                held.append((lease, await lease.__aenter__()))
+            distinct = len({id(client) for _, client in held})
+            for lease, _ in held:
+                await lease.__aexit__(None, None, None)
+            async with pool.lease():  # later requests reuse a free client
+                pass
+            contexts = {id(c._transport._pool._ssl_context) for c in pool.all}
+            return distinct, len(pool.all), len(contexts)
+
+    assert asyncio.run(scenario()) == (3, 3, 1)  # one client each, none created later, one SSL context
+
+
+def test_a_run_reads_ahead_only_a_few_files_and_drops_their_bytes_once_prepared(fake_openai, tmp_path, monkeypatch):
+    import shutil
+
+    from captioner import pipeline
+
+    from conftest import SAMPLE_PHOTOS, run
+
+    photos = tmp_path / "many"
+    photos.mkdir()
+    source = (SAMPLE_PHOTOS / "rocket.jpg").read_bytes()
+    for n in range(24):
+        (photos / f"IMG_{n:03d}.jpg").write_bytes(source + str(n).encode())
+    fake_openai.latency = 0.05
+    outstanding, most = 0, 0
+    original_read, original_prepare = pipeline.read_file, pipeline.Runner._prepare
+
+    def read(*args, **kwargs):
+        nonlocal outstanding, most
+        outstanding += 1
+        most = max(most, outstanding)
+        return original_read(*args, **kwargs)
+
+    def prepare(self, found, data):
+        nonlocal outstanding
+        try:
+            return original_prepare(self, found, data)
+        finally:
+            outstanding -= 1
+
+    monkeypatch.setattr(pipeline, "read_file", read)
+    monkeypatch.setattr(pipeline.Runner, "_prepare", prepare)
+    result = run("caption", photos, "-m", "gpt-4o-mini", "--db", tmp_path / "x.db", "--concurrency", "16")
+    assert result.exit_code == 0, result.output
+    assert most <= 2 * pipeline.RunSettings().prepare_threads < 16  # not one original per request in flight
+    shutil.rmtree(photos)

@@ -428,3 +428,12 @@ def test_failures_lists_malformed_answers(fake_openai, three_photos, db):
     run("caption", three_photos, "-m", "gpt-4o-mini", "--db", db, "--schema", "title")
     listed = json.loads(run("failures", "--db", db, "--json").output)
     assert len(listed) == 3 and {r["status"] for r in listed} == {"malformed"}
+
+
+def test_compare_with_a_schema_finds_the_structured_captions(fake_openai, fake_anthropic, three_photos, db):
+    result = run("compare", three_photos, "-m", "gpt-4o-mini", "-m", "claude-haiku-4-5", "--db", db,
+                 "--schema", "title, description", "--json")
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.output)["models"]
+    assert [(r["model"], r["ok"]) for r in table] == [("gpt-4o-mini", 3), ("claude-haiku-4-5", 3)]
+    assert all(r["usd_per_image"] for r in table)
