@@ -249,8 +249,10 @@ def test_the_budget_reserves_for_the_schema_too(fake_anthropic, three_photos, db
     run("caption", three_photos, "-m", "claude-haiku-4-5", "--db", db)
     run("caption", three_photos, "-m", "claude-haiku-4-5", "--db", db, "--schema", "title, keywords list[str]",
         "--max-cost", "5")
-    plain, structured = rows(db, "SELECT estimated_input_tokens AS e FROM captions ORDER BY id")[::3]
-    assert structured["e"] > plain["e"] + 313
+    pairs = rows(db, "SELECT p.estimated_input_tokens AS plain, s.estimated_input_tokens AS structured "
+                     "FROM captions p JOIN captions s ON s.image_id = p.image_id "
+                     "WHERE p.schema_json IS NULL AND s.schema_json IS NOT NULL")
+    assert len(pairs) == 3 and all(pair["structured"] > pair["plain"] + 313 for pair in pairs)
 
 
 # -- templates -------------------------------------------------------------------------
