@@ -531,9 +531,11 @@ class Store:
         statuses = done_statuses(retry_failed)
         marks = ",".join("?" * len(statuses))
         with self._immediate() as conn:
+            # CROSS JOIN keeps SQLite on the content hash first (a handful of rows), never
+            # walking every caption of the recipe, which grew with the library on each claim.
             if not force and conn.execute(
-                f"""SELECT 1 FROM captions c JOIN images i ON i.id = c.image_id
-                    WHERE i.sha256 = ? AND c.recipe = ? AND c.status IN ({marks}) LIMIT 1""",
+                f"""SELECT 1 FROM images i CROSS JOIN captions c ON c.image_id = i.id
+                    WHERE i.sha256 = ? AND +c.recipe = ? AND +c.status IN ({marks}) LIMIT 1""",
                 (sha256, recipe, *statuses),
             ).fetchone():
                 return DONE
