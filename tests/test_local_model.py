@@ -155,3 +155,21 @@ def test_a_copied_model_folder_is_a_different_model(tiny_model, four_photos, tmp
     first = caption(four_photos, tmp_path / "x.db", f"local/{tiny_model}")
     second = caption(four_photos, tmp_path / "x.db", f"local/{copy}")
     assert len(first) == 4 and len(second) == 8  # another model id: captioned again, not reused
+
+
+def test_a_batch_the_device_has_no_memory_for_is_split_not_failed(tiny_model, four_photos, db, monkeypatch):
+    from captioner.default_plugins.local_models import LocalRuntime
+
+    sizes = []
+    real = LocalRuntime._generate
+
+    def short_of_memory(self, requests):
+        sizes.append(len(requests))
+        if len(requests) > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, requests)
+
+    monkeypatch.setattr(LocalRuntime, "_generate", short_of_memory)
+    stored = caption(four_photos, db, f"local/{tiny_model}", "-o", "batch_size", "4")
+    assert len(stored) == 4 and {r["status"] for r in stored} == {"ok"}
+    assert max(sizes) > 1 and sizes.count(1) == 4  # a batch of several was tried, then one photo at a time

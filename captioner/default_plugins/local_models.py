@@ -180,7 +180,19 @@ class LocalRuntime:
         return self.loaded
 
     def generate(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
-        """Caption several photos in one batched `generate`; token counts are the model's own."""
+        """Caption several photos in one batched `generate`; a batch the device has no memory
+        for is split in halves (down to one photo) rather than failed."""
+        try:
+            return self._generate(requests)
+        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if "out of memory" not in str(exc).lower() or len(requests) == 1:
+                raise
+            _free_device_memory()
+            half = len(requests) // 2
+            return self.generate(requests[:half]) + self.generate(requests[half:])
+
+    def _generate(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        """One batched `generate`; token counts are the model's own."""
         import torch
         from PIL import Image
 
@@ -217,6 +229,13 @@ class LocalRuntime:
                                 if len(generated) >= max_new else "empty caption (the model stopped at once)")
             results.append(result)
         return results
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def default_batch_size(request: CaptionRequest) -> int:
