@@ -886,6 +886,8 @@ def compare(paths, model_names, prompt, system, options, template_name, schema_s
     recipe = resolve_recipe(template_name, prompt, system, schema_spec, options, model_names)
     models, keys = _models_and_keys(model_names, need_keys=True)
     check_schema(models, recipe.schema)
+    for model in models:
+        prepare_to_run(model)
     judge = judge_key = None
     if judge_name:
         (judge,), judge_keys = _models_and_keys((judge_name,), need_keys=True)
@@ -1415,6 +1417,8 @@ def eval_command(paths, references_file, model_names, prompt, system, options, t
     recipe = resolve_recipe(template_name, prompt, system, schema_spec, options, model_names)
     models, keys = _models_and_keys(model_names, need_keys=True)
     check_schema(models, recipe.schema)
+    for model in models:
+        prepare_to_run(model)
     settings = RunSettings(prompt=recipe.prompt, system=recipe.system, options=check_options(models, recipe.options),
                            schema=recipe.schema)
     store = open_store(db or config.default_db())
