@@ -122,6 +122,7 @@ class Ledger:
             await self.write(self.store.save_caption, image_id=image_id, result=result, **row)
         except WriteFailed:
             self._keep_for_recovery(image_id, result, row)
+        self.files.pop(image_id, None)  # stored (or kept for recovery): its file facts are not needed again
         log.info("%s: %s, %s input / %s output tokens, %s, %s ms%s", path, result.status, result.input_tokens,
                  result.output_tokens, "unpriced" if cost is None else f"${cost:.6f}", duration_ms,
                  f" ({result.error})" if result.error else "")

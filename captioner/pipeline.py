@@ -17,6 +17,7 @@ The event loop is the only thread that writes SQLite.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import os
 import signal
@@ -182,11 +183,13 @@ class Runner:
                              database=os.path.abspath(self.store.path), failed_before=plan.failed_before,
                              found=len(plan.todo) + plan.skipped_done + plan.over_limit)
         self.plan_done = plan.done
+        images_total = len(plan.todo) + plan.skipped_done
         self.write = Writer(self.store, self.control)
         self.ledger = Ledger(self.store, self.model, self.recipe, summary, self.control, self.user_prices,
                              self.progress, concurrency=lambda: int(self.limit.limit), write=self.write)
         try:
-            asyncio.run(self._run_all(plan.todo))
+            # Taken from the plan as they are sent, so a finished file's entry is not kept to the end.
+            asyncio.run(self._run_all(_consumed(plan.todo)))
         except BaseException as exc:
             if not isinstance(exc, KeyboardInterrupt):
                 self.control.crashed(f"captioner stopped on an unexpected error: {exc.__class__.__name__}: {exc}")
@@ -196,7 +199,7 @@ class Runner:
             summary.status, summary.message = self.control.status, self.control.message
             if isinstance(self.limit, EndpointPool):
                 summary.endpoints = self.limit.stats()
-            self._finish(run_id, summary, len(plan.todo) + plan.skipped_done)
+            self._finish(run_id, summary, images_total)
         return summary
 
     def _finish(self, run_id: int, summary: RunSummary, images_total: int) -> None:
@@ -229,12 +232,12 @@ class Runner:
             "max_cost": s.max_cost,
         }
 
-    async def _run_all(self, todo: list[Found]) -> None:
+    async def _run_all(self, todo: Iterator[Found]) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=s.prepare_threads, thread_name_prefix="prepare")
         timeout = httpx.Timeout(s.timeout, connect=s.connect_timeout)
-        queue = iter(todo)
+        queue = todo
         tasks: list[asyncio.Task[None]] = []
 
         def on_interrupt() -> None:
@@ -442,6 +445,15 @@ class Runner:
         elif isinstance(outcome, NotSent):
             self.ledger.not_sent()
         await self.budget.settle(reserved, spent)
+
+
+def _consumed(todo: list[Found]) -> Iterator[Found]:
+    """The plan's files, each dropped from the list as it is handed out (memory stays flat
+    over a library of any size)."""
+    queue = collections.deque(todo)
+    todo.clear()
+    while queue:
+        yield queue.popleft()
 
 
 def prepare_for(runner: Runner, found: Found, data: bytes) -> PreparedImage:
