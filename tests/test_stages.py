@@ -293,3 +293,18 @@ def test_a_run_reads_ahead_only_a_few_files_and_drops_their_bytes_once_prepared(
     assert result.exit_code == 0, result.output
     assert most <= 2 * pipeline.RunSettings().prepare_threads < 16  # not one original per request in flight
     shutil.rmtree(photos)
+
+
+def test_a_finished_run_holds_no_file_it_has_captioned(fake_openai, tmp_path):
+    from captioner import pipeline
+
+    from conftest import SAMPLE_PHOTOS
+
+    store = Store(str(tmp_path / "x.db"))
+    runner = pipeline.Runner(store, get_model("gpt-4o-mini"), pipeline.RunSettings(key="sk-test-not-a-real-key"))
+    plan = runner.plan([str(SAMPLE_PHOTOS)])
+    count = len(plan.todo)
+    summary = runner.run(plan)
+    store.close()
+    assert summary.ok == count > 0
+    assert plan.todo == [] and runner.ledger.files == {}  # handed out as sent, dropped once stored
