@@ -118,7 +118,8 @@ def run_captioner(args: list[str], env: dict[str, str]) -> tuple[float, dict, in
 
 
 def fake_env(base_url: str, workdir: Path) -> dict[str, str]:
-    return {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "sk-benchmark", "CAPTIONER_USER_DIR": str(workdir / "user")}
+    return {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "not-a-real-key-benchmark",
+            "CAPTIONER_USER_DIR": str(workdir / "user")}
 
 
 def find_llm() -> str | None:
@@ -135,7 +136,7 @@ def llm_env(base_url: str, workdir: Path) -> dict[str, str]:
         f"- model_id: fake-vision\n  model_name: gpt-4o-mini\n  api_base: \"{base_url}\"\n"
         "  vision: true\n  api_key_name: fake\n"
     )
-    (user / "keys.json").write_text(json.dumps({"fake": "sk-benchmark"}))
+    (user / "keys.json").write_text(json.dumps({"fake": "not-a-real-key-benchmark"}))
     return {"LLM_USER_PATH": str(user)}
 
 

@@ -80,7 +80,7 @@ async def bare_httpx(url: str, body: bytes, requests: int, concurrency: int, per
                     try:
                         response = await client.post(url + "/chat/completions", content=body,
                                                      headers={"content-type": "application/json",
-                                                              "Authorization": "Bearer sk-benchmark"})
+                                                              "Authorization": "Bearer not-a-real-key-benchmark"})
                         response.json()
                         break
                     except httpx.TransportError:

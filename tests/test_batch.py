@@ -156,10 +156,10 @@ def test_an_unreachable_batch_api_is_one_line_and_the_job_stays_open(fake_openai
 def test_a_key_given_to_collect_is_never_sent_to_another_provider(fake_openai, fake_anthropic, photos, db):
     run("caption", photos, "-m", "gpt-4.1-nano", "--db", db, "--batch", "--no-wait")
     run("caption", photos, "-m", "claude-haiku-4-5", "--db", db, "--batch", "--no-wait")
-    result = run("batches", "--db", db, "collect", "--key", "sk-test-openai-only-key-123")
+    result = run("batches", "--db", db, "collect", "--key", "sk-test-not-a-real-openai-key")
     assert result.exit_code == 2 and "these open jobs use anthropic, openai" in result.output
     assert [r["status"] for r in rows(db, "SELECT status FROM batch_jobs")] == ["submitted", "submitted"]
-    assert run("batches", "--db", db, "collect", "1", "--key", "sk-test-openai-only-key-123").exit_code == 0
+    assert run("batches", "--db", db, "collect", "1", "--key", "sk-test-not-a-real-openai-key").exit_code == 0
 
 
 def test_models_without_a_batch_api_refuse_batch(fake_ollama, photos, db):

@@ -261,7 +261,7 @@ def test_an_unreachable_ollama_names_the_url_and_the_fix(photos, db, monkeypatch
 
 
 def test_a_rejected_key_says_where_it_came_from_never_what_it_is(fake_openai, photos, db, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-wrong-key-12345")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-wrong-key")
     fake_openai.fault_fn = lambda n: Fault(401, {"error": {"message": "Incorrect API key provided"}})
     result = run("caption", photos, "-m", "gpt-4o-mini", "--db", db)
     assert result.exit_code == 2 and "(the key came from $OPENAI_API_KEY)" in result.output
@@ -269,7 +269,7 @@ def test_a_rejected_key_says_where_it_came_from_never_what_it_is(fake_openai, ph
 
 
 def test_verbose_and_log_record_each_request_without_keys(fake_openai, photos, db, tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-in-env")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-SECRET-in-env")
     log = tmp_path / "run.log"
     result = run("caption", photos / "rocket.jpg", "-m", "gpt-4o-mini", "--db", db, "-v", "--log", log)
     assert result.exit_code == 0

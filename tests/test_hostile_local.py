@@ -437,7 +437,7 @@ def test_keys_set_replaces_a_symlinked_keys_file_instead_of_writing_through_it(t
 
 
 def test_a_key_never_appears_in_the_database(fake_openai, photos, db, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRETSECRET")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-SECRETSECRET")
     run("caption", photos, "-m", "gpt-4o-mini", "--db", db)
     assert b"SECRETSECRET" not in db.read_bytes()
 
