@@ -235,17 +235,15 @@ def utf8_text(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 @contextlib.contextmanager
 def read_query(db: str | None) -> Iterator[Store]:
     """The database opened read-only for a query: Ctrl-C stops it (exit 130), a bad query is one line."""
-    store = open_store(db or config.default_db(), readonly=True)
-    try:
-        with interruptible(store):
-            yield store
-    except QueryError as exc:
-        raise ConfigFailure(for_terminal(str(exc))) from exc
-    except Interrupted:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    finally:
-        store.close()
+    with open_store(db or config.default_db(), readonly=True) as store:
+        try:
+            with interruptible(store):
+                yield store
+        except QueryError as exc:
+            raise ConfigFailure(for_terminal(str(exc))) from exc
+        except Interrupted:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 def db_option(fn: Callable) -> Callable:
@@ -451,15 +449,13 @@ def caption(paths, model_name, prompt, system, options, template_name, schema_sp
     if use_batch:
         run_batch(paths, model, settings, db, batch_size, not no_wait, poll_interval, as_json)
         return
-    store = open_store(db or config.default_db())
-    collect_open_jobs(store, model, key)
-    try:
-        with request_log(verbose, log_file):
-            summary = caption_paths(paths, model, store, settings, progress_factory=_progress_bar)
-    except sqlite3.Error as exc:
-        raise ConfigFailure(f"cannot write to the database {os.path.abspath(store.path)}: {exc}") from exc
-    finally:
-        store.close()
+    with open_store(db or config.default_db()) as store:
+        collect_open_jobs(store, model, key)
+        try:
+            with request_log(verbose, log_file):
+                summary = caption_paths(paths, model, store, settings, progress_factory=_progress_bar)
+        except sqlite3.Error as exc:
+            raise ConfigFailure(f"cannot write to the database {os.path.abspath(store.path)}: {exc}") from exc
     stopped_before_anything = summary.status == "failed" and not summary.captioned
     nothing_found = summary.found == 0
     if as_json:
@@ -676,9 +672,8 @@ def cost(db, by, as_json):
       captioner cost
       captioner cost --by day --json
     """
-    store = open_store(db or config.default_db(), readonly=True)
-    rows = report.cost_rows(store, by)
-    store.close()
+    with open_store(db or config.default_db(), readonly=True) as store:
+        rows = report.cost_rows(store, by)
     if as_json:
         print_json(rows)
         return
@@ -900,9 +895,8 @@ def compare(paths, model_names, prompt, system, options, template_name, schema_s
     settings = RunSettings(prompt=recipe.prompt, system=recipe.system, options=check_options(models, recipe.options),
                            schema=recipe.schema, concurrency=concurrency, include=include, exclude=exclude,
                            max_file_bytes=max_file_mb * 2**20, max_cost=max_cost)
-    store = open_store(db or config.default_db())
     judged = None
-    try:
+    with open_store(db or config.default_db()) as store:
         result, summaries = compare_models(paths, models, keys, store, settings, sample_size,
                                            progress_factory=None if as_json else _progress_bar,
                                            base_urls=tuple(u.rstrip("/") for u in base_urls))
@@ -913,8 +907,6 @@ def compare(paths, model_names, prompt, system, options, template_name, schema_s
             spent = sum(s.cost_usd for s in summaries)
             left = None if max_cost is None else max(0.0, max_cost - spent)
             judged = judge_comparison(store, result, models, settings, judge, judge_key, left)
-    finally:
-        store.close()
     if html_file:
         with open(html_file, "w", encoding="utf-8") as fh:
             fh.write(judged_page(result, models, judged) if judged else render_page(result, models))
@@ -988,8 +980,7 @@ def export(paths, db, fmt, model_name, out, sidecar_name, overwrite, dry_run):
         check_output_folder(out, "--out")
     elif out:
         check_output_file(out, "--out")
-    store = open_store(db or config.default_db(), readonly=True)
-    try:
+    with open_store(db or config.default_db(), readonly=True) as store:
         if fmt in ("xmp", "txt"):
             export_sidecars(store, fmt, model_name, paths, out, sidecar_name, overwrite, dry_run)
             return
@@ -999,8 +990,6 @@ def export(paths, db, fmt, model_name, out, sidecar_name, overwrite, dry_run):
                 count = exporting.write_gallery(store, fh, model_name, paths, page_path=out)
             else:
                 count = exporting.write_table(exporting.newest_rows(store, model_name, paths), fmt, fh)
-    finally:
-        store.close()
     if out:
         click.echo(f"wrote {count} photos to {out}", err=True)
 
@@ -1231,11 +1220,8 @@ def show(paths, db, as_json):
       captioner show ~/Pictures/IMG_1234.HEIC
       captioner show ~/Pictures/2024 --json
     """
-    store = open_store(db or config.default_db(), readonly=True)
-    try:
+    with open_store(db or config.default_db(), readonly=True) as store:
         found = report.captions_of(store, list(paths))
-    finally:
-        store.close()
     if as_json:
         print_json(found)
         return
@@ -1266,11 +1252,8 @@ def failures(db, as_json):
       captioner failures
       captioner caption ~/Pictures --retry-failed   # then try them again
     """
-    store = open_store(db or config.default_db(), readonly=True)
-    try:
+    with open_store(db or config.default_db(), readonly=True) as store:
         found = report.failure_rows(store)
-    finally:
-        store.close()
     if as_json:
         print_json(found)
         return
@@ -1308,11 +1291,8 @@ def batches(ctx, db, as_json):
     if ctx.invoked_subcommand is not None:
         ctx.obj = db
         return
-    store = open_store(db or config.default_db(), readonly=True)
-    try:
+    with open_store(db or config.default_db(), readonly=True) as store:
         jobs = store.batch_jobs()
-    finally:
-        store.close()
     if as_json:
         print_json(jobs)
         return
@@ -1421,11 +1401,8 @@ def eval_command(paths, references_file, model_names, prompt, system, options, t
         prepare_to_run(model)
     settings = RunSettings(prompt=recipe.prompt, system=recipe.system, options=check_options(models, recipe.options),
                            schema=recipe.schema)
-    store = open_store(db or config.default_db())
-    try:
+    with open_store(db or config.default_db()) as store:
         table, _ = compare_module.evaluate(store, models, keys, settings, references)
-    finally:
-        store.close()
     if as_json:
         print_json(table)
         return
@@ -1462,13 +1439,11 @@ def batches_export(db, paths, model_name, out_dir, shard_lines, images, prompt, 
     check_schema([model], recipe.schema)
     settings = RunSettings(prompt=recipe.prompt, system=recipe.system, options=check_options([model], recipe.options),
                            schema=recipe.schema)
-    store = open_store(db or config.default_db())
-    try:
-        summary = batch_files.export(store, model, settings, list(paths), out_dir, shard_lines, images)
-    except ValueError as exc:
-        raise ConfigFailure(str(exc)) from exc
-    finally:
-        store.close()
+    with open_store(db or config.default_db()) as store:
+        try:
+            summary = batch_files.export(store, model, settings, list(paths), out_dir, shard_lines, images)
+        except ValueError as exc:
+            raise ConfigFailure(str(exc)) from exc
     for shard in summary.shards:
         click.echo(shard)
     click.echo(f"{summary.items:,} requests in {report.plural(len(summary.shards), 'shard')}, "
@@ -1485,11 +1460,8 @@ def batches_import(db, files, as_json):
     Safe to run on the same files any number of times, in any order, partial or cut short."""
     from . import batch_files
 
-    store = open_store(db or config.default_db())
-    try:
+    with open_store(db or config.default_db()) as store:
         summary = batch_files.import_files(store, resolve_model, list(files))
-    finally:
-        store.close()
     if as_json:
         print_json(summary.to_dict())
         return
