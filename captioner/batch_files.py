@@ -23,7 +23,7 @@ from typing import Any
 from . import pricing
 from .answers import checked
 from .batch_api import CANCELLED, ERRORED, EXPIRED
-from .ledger import failed
+from .ledger import failed, record_unprepared
 from .media import ExifFacts, ImageError, PreparedImage, file_sha256, header_facts, read_file, sent_size
 from .models import FAILURES, Model
 from .pipeline import Runner, RunSettings, prepare_for
@@ -70,9 +70,7 @@ def export(store: Store, model: Model, settings: RunSettings, roots: list[str], 
                 prepared = (_header_only(found.path, runner.max_side) if images == "file-url" and found.kind == "image"
                             else prepare_for(runner, found, data))
             except ImageError as exc:
-                image_id = store.save_image(found.path, sha, found.size, found.mtime, kind=found.kind)
-                store.save_caption(image_id=image_id, run_id=run_id, result=failed(str(exc)), **recipe.columns())
-                store.release(sha, recipe.key)
+                record_unprepared(store, found, sha, run_id, recipe, str(exc))
                 summary.failed_to_prepare += 1
                 continue
             image_id = store.save_image(found.path, sha, found.size, found.mtime, prepared, kind=found.kind)

@@ -34,7 +34,7 @@ from . import pricing
 from .answers import checked, redact
 from .batch_api import CANCELLED, ERRORED, EXPIRED, BatchAPI, BatchStatus, BatchUnavailable
 from .budget import Budget
-from .ledger import failed
+from .ledger import record_unprepared
 from .media import ImageError, file_sha256, read_file
 from .models import FAILED, FAILURES, CaptionResult, Model, ProviderError
 from .pipeline import Runner, RunSettings, prepare_for
@@ -125,9 +125,7 @@ async def submit(store: Store, model: Model, settings: RunSettings, roots: list[
                     summary.in_open_jobs += 1
                 continue
             if isinstance(prepared, ImageError):
-                image_id = store.save_image(found.path, sha, found.size, found.mtime, kind=found.kind)
-                store.save_caption(image_id=image_id, run_id=run_id, result=failed(str(prepared)), **recipe.columns())
-                store.release(sha, recipe.key)
+                record_unprepared(store, found, sha, run_id, recipe, str(prepared))
                 summary.failed_to_prepare += 1
                 continue
             image_id = store.save_image(found.path, sha, found.size, found.mtime, prepared, kind=found.kind)

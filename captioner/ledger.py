@@ -25,6 +25,7 @@ from .control import RunControl
 from .models import FAILED, FAILURES, OK, CaptionResult, Model
 from .recipe import Recipe
 from .report import RunSummary
+from .scan import Found
 from .store import Store, WriteFailed
 
 log = logging.getLogger("captioner")
@@ -192,3 +193,11 @@ class Ledger:
 
 def failed(error: str) -> CaptionResult:
     return CaptionResult(text=None, status=FAILED, error=error)
+
+
+def record_unprepared(store: Store, found: Found, sha: str, run_id: int, recipe: Recipe, error: str) -> None:
+    """A claimed file that could not be prepared (batch jobs and exported batch files):
+    recorded failed with the reason, and its claim released."""
+    image_id = store.save_image(found.path, sha, found.size, found.mtime, kind=found.kind)
+    store.save_caption(image_id=image_id, run_id=run_id, result=failed(error), **recipe.columns())
+    store.release(sha, recipe.key)
