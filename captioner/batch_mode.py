@@ -88,7 +88,7 @@ async def submit(store: Store, model: Model, settings: RunSettings, roots: list[
     """Prepare what needs a caption and submit it as one or more jobs."""
     api = batch_api_of(model)
     summary = BatchSummary(model.model_id)
-    async with client(settings.timeout) as http:
+    async with client(settings.timeout_for(model)) as http:
         await adopt_lost_jobs(store, api, http, settings.key, summary)
     runner = Runner(store, model, settings)
     plan = runner.plan(roots)
@@ -224,7 +224,7 @@ async def _create_job(store: Store, api: BatchAPI, model: Model, chunk: list[tup
                            estimated_cost_usd=estimated)
     summary.jobs.append(job_id)
     try:
-        async with client(settings.timeout) as http:
+        async with client(settings.timeout_for(model)) as http:
             batch_id = await api.create(http, path, len(chunk), tag, settings.key)
     except (httpx.TimeoutException, httpx.TransportError) as exc:
         # The job may exist at the provider: never create it again blindly.

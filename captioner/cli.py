@@ -428,7 +428,7 @@ def caption(paths, model_name, prompt, system, options, template_name, schema_sp
     check_schema([model], recipe.schema)
     prepare_to_run(model)
     if click.get_current_context().get_parameter_source("timeout") == click.core.ParameterSource.DEFAULT:
-        timeout = model.request_timeout or timeout
+        timeout = None  # the model's own default (RunSettings.timeout_for)
     try:
         pricing.load_user_prices()  # a malformed price file is one line now, not a traceback later
         unpriced = max_cost is not None and not pricing.price_request(model, 1000, 100).known

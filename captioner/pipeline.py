@@ -47,6 +47,7 @@ from .store import BATCHED, CLAIMED, DONE, Store, WriteFailed
 from .video import DEFAULT_MAX_VIDEO_SECONDS, MediaPart, PreparedVideo, prepare_video, send_mode
 
 Progress = Callable[[dict[str, Any]], None]
+DEFAULT_TIMEOUT = 120.0
 # What `docker stop`, systemd and a closed terminal send are treated like Ctrl-C.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -115,7 +116,7 @@ class RunSettings:
     retry_failed: bool = False
     max_cost: float | None = None
     retries: int = 4
-    timeout: float = 120.0
+    timeout: float | None = None  # seconds per attempt; None: the model's `request_timeout`, else 120
     connect_timeout: float = 10.0
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
@@ -137,8 +138,14 @@ class RunSettings:
         schema = canonical(self.schema) if self.schema is not None else None
         return recipe_for(model, self.prompt, self.system, self.options, max_side or self.max_side, schema)
 
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.retries, self.timeout, self.backoff_base, self.backoff_cap, self.retry_after_cap)
+    def timeout_for(self, model: Model) -> float:
+        """Seconds one attempt may take: --timeout if given, else what the model needs (an
+        in-process model's batch on a CPU takes minutes), else 120."""
+        return self.timeout if self.timeout is not None else model.request_timeout or DEFAULT_TIMEOUT
+
+    def retry_policy(self, model: Model) -> RetryPolicy:
+        return RetryPolicy(self.retries, self.timeout_for(model), self.backoff_base, self.backoff_cap,
+                           self.retry_after_cap)
 
 
 class Runner:
@@ -236,7 +243,7 @@ class Runner:
         s = self.settings
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=s.prepare_threads, thread_name_prefix="prepare")
-        timeout = httpx.Timeout(s.timeout, connect=s.connect_timeout)
+        timeout = httpx.Timeout(s.timeout_for(self.model), connect=s.connect_timeout)
         queue = todo
         tasks: list[asyncio.Task[None]] = []
 
@@ -254,8 +261,8 @@ class Runner:
                 pass
         try:
             async with ClientPool(timeout) as clients:
-                sender = Sender(self.model, clients, self.control, s.retry_policy(), self.limit, RateCap(s.rpm),
-                                on_retry=self.ledger.retried)
+                sender = Sender(self.model, clients, self.control, s.retry_policy(self.model), self.limit,
+                                RateCap(s.rpm), on_retry=self.ledger.retried)
                 # More workers than request slots, so images are being prepared
                 # while the slots are busy waiting on the network.
                 workers = self.limit.maximum + s.prepare_threads

@@ -308,3 +308,12 @@ def test_a_finished_run_holds_no_file_it_has_captioned(fake_openai, tmp_path):
     store.close()
     assert summary.ok == count > 0
     assert plan.todo == [] and runner.ledger.files == {}  # handed out as sent, dropped once stored
+
+
+def test_a_run_waits_as_long_as_its_model_needs_unless_told():
+    from captioner.pipeline import RunSettings
+
+    local, server = get_model("local/smolvlm-256m"), get_model("gpt-4o-mini")
+    assert RunSettings().timeout_for(server) == 120.0
+    assert RunSettings().timeout_for(local) == 3600.0  # caption, compare and eval alike
+    assert RunSettings(timeout=5).timeout_for(local) == 5
