@@ -15,6 +15,7 @@ raw text kept.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -164,14 +165,12 @@ def read_answer(result: CaptionResult, schema: str) -> CaptionResult:
     raw text kept. Refusals and failures pass through unchanged."""
     if result.status != OK or result.text is None:
         return result
-    from jsonschema import Draft202012Validator
-
     raw = result.text
     try:
         data = json.loads(_unfenced(raw))
     except (ValueError, RecursionError):
         return replace(result, status=MALFORMED, error="malformed structured answer: not JSON")
-    errors = sorted(Draft202012Validator(json.loads(schema)).iter_errors(data), key=lambda e: list(e.path))
+    errors = sorted(_validator(schema).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         first = errors[0]
         where = "/".join(str(p) for p in first.path) or "the answer"
@@ -180,6 +179,14 @@ def read_answer(result: CaptionResult, schema: str) -> CaptionResult:
     caption = next((data[f].strip() for f in CAPTION_FIELDS if isinstance(data.get(f), str) and data[f].strip()),
                    None) or ", ".join(keywords_of(data))
     return replace(result, text=caption or json.dumps(data, ensure_ascii=False), data=data)
+
+
+@functools.lru_cache(maxsize=32)
+def _validator(schema: str) -> Any:
+    """The validator of one schema, built once per run, not once per answer."""
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(json.loads(schema))
 
 
 def _unfenced(text: str) -> str:

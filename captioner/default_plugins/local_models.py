@@ -240,15 +240,11 @@ def _free_device_memory() -> None:
 
 def default_batch_size(request: CaptionRequest) -> int:
     device = str(request.options.get("device", ""))
-    if device == "cpu":
-        return 4
-    return 8 if device in ("cuda", "mps") or _gpu_present() else 4
+    if not device:
+        import torch
 
-
-def _gpu_present() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available() or torch.backends.mps.is_available())
+        device = pick_device(torch)
+    return 4 if device == "cpu" else 8
 
 
 def pick_device(torch: Any) -> str:
