@@ -154,9 +154,10 @@ Rows = Callable[[], Iterable[dict[str, Any]]]
 
 def _plan(rows: Rows, suffix: str, out_dir: str | None, replace_extension: bool,
           report: ExportReport) -> Iterator[tuple[dict[str, Any], str]]:
-    """Where each sidecar goes, a photo at a time. The rows are read twice: first to
-    find the common folder and the targets two photos would share (both are reported,
-    neither written), then to write; only the targets are held, never the captions."""
+    """Where each sidecar goes, a photo at a time. The rows are read again for each
+    pass: the common folder (only with --out), the targets two photos would share
+    (both are reported, neither written), then the writing; only the targets are
+    held, never the captions."""
     base_dir: str | None = None
     shared: dict[str, int] = {}
     if out_dir:
