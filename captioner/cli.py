@@ -1000,7 +1000,7 @@ def export_sidecars(store: Store, fmt: str, model_name: str | None, paths: tuple
     from . import export as exporting
 
     options = exporting.SidecarOptions(out, sidecar_name == "replace", overwrite, dry_run)
-    rows = lambda: exporting.newest_rows(store, model_name, paths)  # noqa: E731 (read twice: see _plan)
+    rows = lambda: exporting.newest_rows(store, model_name, paths)  # noqa: E731 (read once per pass: see _plan)
     report = exporting.write_xmp(rows, options) if fmt == "xmp" else exporting.write_txt(rows, options)
     for path, reason in report.skipped:
         click.echo(for_terminal(f"skipped {path}: {reason}"), err=True)
